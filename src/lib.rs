@@ -1,0 +1,15 @@
+//! pubsub: an in-memory publish/subscribe broker with replay and at-least-once delivery,
+//! built thread-per-core on glommio.
+//!
+//! Modules:
+//! - [`protocol`]: the binary wire protocol, a pure encoder and decoder.
+//! - [`topic`]: topic name validation and the topic-to-shard hash.
+//! - [`shard`]: one shard's topics, ring buffers, consumers and retry buffers, with no I/O.
+//! - [`server`]: executors, listeners, connections and cross-core routing.
+//! - [`client`]: a blocking client over std networking.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod topic;
