@@ -250,22 +250,13 @@ pub fn run_pub(args: PubArgs) -> Result<(), Box<dyn std::error::Error>> {
     match &args.message {
         Some(message) => publish_one(&mut client, &args, None, message.as_bytes(), &mut stdout)?,
         None => {
-            let input: Box<dyn BufRead> = match &args.file {
-                Some(path) => {
-                    let file = File::open(path).map_err(|source| CliError::ReadInput {
-                        path: Some(path.clone()),
-                        source,
-                    })?;
-                    Box::new(BufReader::new(file))
-                }
-                None => Box::new(io::stdin().lock()),
-            };
+            let input = open_input(args.file.as_ref())?;
             publish_lines(&mut client, &args, input, &mut stdout)?;
         }
     }
 
     if !args.confirm {
-        check_unconfirmed(&mut client)?;
+        check_unconfirmed(&mut client, &mut io::stderr().lock())?;
     }
     Ok(())
 }
@@ -274,10 +265,20 @@ pub fn run_pub(args: PubArgs) -> Result<(), Box<dyn std::error::Error>> {
 /// gap notices and broker errors on standard error, until `--count` messages or until
 /// the connection ends.
 pub fn run_sub(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
-    if args.count == Some(0) {
-        return Ok(());
-    }
     let mut client = connect(&args.server)?;
+    let sub_id = subscribe(&mut client, &args)?;
+    print_messages(
+        &mut client,
+        &args,
+        sub_id,
+        &mut io::stdout().lock(),
+        &mut io::stderr().lock(),
+    )?;
+    Ok(())
+}
+
+/// Subscribes with the options in `args` and returns the subscription id.
+fn subscribe(client: &mut Client, args: &SubArgs) -> Result<u32, CliError> {
     let options = SubscribeOptions {
         start: args.from.0,
         ack_mode: args.ack.into(),
@@ -291,34 +292,45 @@ pub fn run_sub(args: SubArgs) -> Result<(), Box<dyn std::error::Error>> {
                 topic: args.topic.clone(),
                 source,
             })?;
+    Ok(subscription.sub_id)
+}
 
-    let mut stdout = io::stdout().lock();
+/// Prints events until `--count` messages have been printed, acking each message after
+/// printing it with `--ack explicit`.
+fn print_messages(
+    client: &mut Client,
+    args: &SubArgs,
+    sub_id: u32,
+    out: &mut impl Write,
+    diagnostics: &mut impl Write,
+) -> Result<(), CliError> {
     let mut printed = 0u64;
-    loop {
+    while args.count != Some(printed) {
         match client.recv().map_err(CliError::Receive)? {
             Event::Message(message) => {
-                match print_message(&mut stdout, &message) {
+                match print_message(out, &message) {
                     Ok(()) => {}
                     // The reader went away (for example `| head`); stop quietly.
                     Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                    Err(err) => return Err(CliError::WriteOutput(err).into()),
+                    Err(err) => return Err(CliError::WriteOutput(err)),
                 }
                 if args.ack == AckArg::Explicit {
-                    client
-                        .ack(subscription.sub_id, message.seq)
-                        .map_err(CliError::Receive)?;
+                    client.ack(sub_id, message.seq).map_err(CliError::Receive)?;
                 }
                 printed += 1;
-                if args.count == Some(printed) {
-                    return Ok(());
-                }
             }
             Event::Gap { first, last, .. } => {
-                eprintln!("gap: messages {first}..={last} were evicted before delivery");
+                let _ = writeln!(
+                    diagnostics,
+                    "gap: messages {first}..={last} were evicted before delivery"
+                );
             }
-            Event::Error(err) => eprintln!("error from broker: {err}"),
+            Event::Error(err) => {
+                let _ = writeln!(diagnostics, "error from broker: {err}");
+            }
         }
     }
+    Ok(())
 }
 
 fn connect(addr: &str) -> Result<Client, CliError> {
@@ -378,6 +390,18 @@ fn publish_lines(
         .map_err(|source| CliError::Publish { line: None, source })
 }
 
+/// Opens `path`, or standard input when there is none.
+fn open_input(path: Option<&PathBuf>) -> Result<Box<dyn BufRead>, CliError> {
+    let Some(path) = path else {
+        return Ok(Box::new(io::stdin().lock()));
+    };
+    let file = File::open(path).map_err(|source| CliError::ReadInput {
+        path: Some(path.clone()),
+        source,
+    })?;
+    Ok(Box::new(BufReader::new(file)))
+}
+
 fn strip_line_ending(line: &[u8]) -> &[u8] {
     let line = line.strip_suffix(b"\n").unwrap_or(line);
     line.strip_suffix(b"\r").unwrap_or(line)
@@ -386,18 +410,21 @@ fn strip_line_ending(line: &[u8]) -> &[u8] {
 /// Reports errors about unconfirmed publishes. A ping round trip makes the broker read
 /// every publish sent before it; ERROR frames it sends about them before the PONG are
 /// printed and fail the command. Errors that arrive after the PONG go unseen.
-fn check_unconfirmed(client: &mut Client) -> Result<(), CliError> {
+fn check_unconfirmed(client: &mut Client, diagnostics: &mut impl Write) -> Result<(), CliError> {
     client
         .ping()
         .map_err(|source| CliError::Publish { line: None, source })?;
     let mut errors = 0;
-    while let Some(event) = client
-        .recv_timeout(Duration::ZERO)
-        .map_err(|source| CliError::Publish { line: None, source })?
-    {
-        if let Event::Error(err) = event {
-            eprintln!("error from broker: {err}");
-            errors += 1;
+    loop {
+        match client.recv_timeout(Duration::ZERO) {
+            Ok(Some(Event::Error(err))) => {
+                let _ = writeln!(diagnostics, "error from broker: {err}");
+                errors += 1;
+            }
+            Ok(Some(_)) => {}
+            // Nothing more is waiting, or the broker closed after it answered the ping.
+            Ok(None) | Err(ClientError::Closed) => break,
+            Err(source) => return Err(CliError::Publish { line: None, source }),
         }
     }
     match errors {
@@ -425,6 +452,8 @@ fn print_message(out: &mut impl Write, message: &Message) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::fake_broker::{fake_broker, message};
+    use crate::protocol::{ErrorCode, Frame};
     use bytes::Bytes;
     use clap::Parser;
 
@@ -576,5 +605,163 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "42\thello \u{fffd}\t(redelivery 3)\n"
         );
+    }
+
+    fn sub_args(count: Option<u64>) -> SubArgs {
+        SubArgs {
+            topic: "orders".into(),
+            from: StartArg(StartPosition::Last(2)),
+            ack: AckArg::Explicit,
+            consumer: Some("billing".into()),
+            count,
+            max_in_flight: 16,
+            server: DEFAULT_ADDR.into(),
+        }
+    }
+
+    fn pub_args(confirm: bool) -> PubArgs {
+        PubArgs {
+            topic: "orders".into(),
+            message: None,
+            file: None,
+            server: DEFAULT_ADDR.into(),
+            confirm,
+        }
+    }
+
+    #[test]
+    fn sub_prints_acks_and_stops_at_count() {
+        let (addr, broker) = fake_broker(true, |broker| {
+            assert_eq!(
+                broker.expect_frame(),
+                Frame::Subscribe {
+                    sub_id: 1,
+                    topic: Bytes::from_static(b"orders"),
+                    start: StartPosition::Last(2),
+                    ack_mode: AckMode::Explicit,
+                    max_in_flight: 16,
+                    consumer: Bytes::from_static(b"billing"),
+                }
+            );
+            broker.send(Frame::Subscribed {
+                sub_id: 1,
+                next_seq: 5,
+            });
+            broker.send(message(1, 5));
+            broker.send(Frame::Gap {
+                sub_id: 1,
+                first: 6,
+                last: 7,
+            });
+            broker.send(Frame::Message {
+                sub_id: 1,
+                seq: 8,
+                timestamp: 0,
+                delivery_count: 2,
+                payload: Bytes::from_static(b"m8"),
+            });
+            broker.send(Frame::Error {
+                code: ErrorCode::UnknownSequence,
+                reference: 1,
+                message: Bytes::from_static(b"sequence number 3 was never delivered"),
+            });
+            broker.send(message(1, 9));
+            broker.send(message(1, 10));
+            for seq in [5, 8, 9] {
+                assert_eq!(broker.expect_frame(), Frame::Ack { sub_id: 1, seq });
+            }
+            assert_eq!(broker.read_frame(), None);
+        });
+        let args = sub_args(Some(3));
+        let mut client = Client::connect(addr).unwrap();
+        let sub_id = subscribe(&mut client, &args).unwrap();
+        let mut out = Vec::new();
+        let mut diagnostics = Vec::new();
+        print_messages(&mut client, &args, sub_id, &mut out, &mut diagnostics).unwrap();
+        drop(client);
+        broker.join().unwrap();
+
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "5\tm5\n8\tm8\t(redelivery 2)\n9\tm9\n"
+        );
+        assert_eq!(
+            String::from_utf8(diagnostics).unwrap(),
+            "gap: messages 6..=7 were evicted before delivery\n\
+             error from broker: unknown sequence number: sequence number 3 was never \
+             delivered (reference 1)\n"
+        );
+    }
+
+    #[test]
+    fn pub_lines_are_queued_then_checked() {
+        let (addr, broker) = fake_broker(true, |broker| {
+            let mut payloads = Vec::new();
+            for _ in 0..4 {
+                let Frame::Publish {
+                    request_id,
+                    topic,
+                    payload,
+                } = broker.expect_frame()
+                else {
+                    panic!("expected PUBLISH");
+                };
+                assert_eq!(request_id, 0);
+                assert_eq!(&topic[..], b"orders");
+                payloads.push(payload);
+            }
+            assert_eq!(payloads, [&b"a"[..], b"b", b"", b"last"]);
+
+            let Frame::Ping { token } = broker.expect_frame() else {
+                panic!("expected PING");
+            };
+            broker.send(Frame::Error {
+                code: ErrorCode::Internal,
+                reference: 0,
+                message: Bytes::from_static(b"shard 1 failed"),
+            });
+            broker.send(Frame::Pong { token });
+        });
+        let args = pub_args(false);
+        let mut client = Client::connect(addr).unwrap();
+        let mut out = Vec::new();
+        let input = &b"a\nb\r\n\nlast"[..];
+        publish_lines(&mut client, &args, input, &mut out).unwrap();
+        assert!(out.is_empty());
+
+        let mut diagnostics = Vec::new();
+        let result = check_unconfirmed(&mut client, &mut diagnostics);
+        assert!(
+            matches!(result, Err(CliError::Rejected { errors: 1 })),
+            "{result:?}"
+        );
+        assert_eq!(
+            String::from_utf8(diagnostics).unwrap(),
+            "error from broker: internal error: shard 1 failed\n"
+        );
+        broker.join().unwrap();
+    }
+
+    #[test]
+    fn pub_confirm_prints_sequence_numbers() {
+        let (addr, broker) = fake_broker(true, |broker| {
+            for seq in [10, 11] {
+                let Frame::Publish { request_id, .. } = broker.expect_frame() else {
+                    panic!("expected PUBLISH");
+                };
+                assert_ne!(request_id, 0);
+                broker.send(Frame::Published {
+                    request_id,
+                    seq,
+                    timestamp: 0,
+                });
+            }
+        });
+        let args = pub_args(true);
+        let mut client = Client::connect(addr).unwrap();
+        let mut out = Vec::new();
+        publish_lines(&mut client, &args, &b"x\ny\n"[..], &mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "seq 10\nseq 11\n");
+        broker.join().unwrap();
     }
 }

@@ -33,10 +33,6 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// [`Client::queue_publish`] flushes the write buffer once it holds this many bytes.
 pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// The maximum length of a durable consumer name, in bytes. The wire format stores the
-/// length in one byte.
-pub const MAX_CONSUMER_LEN: usize = 255;
-
 /// The minimum number of bytes each socket read asks for.
 const READ_CHUNK: usize = 32 * 1024;
 
@@ -83,8 +79,8 @@ pub struct SubscribeOptions {
     pub start: StartPosition,
     /// How the subscription acknowledges messages. Default: [`AckMode::None`].
     pub ack_mode: AckMode,
-    /// The durable consumer name, at most 255 bytes. `None` or an empty name makes a
-    /// subscription that ends with the connection. Default: `None`.
+    /// The durable consumer name, which follows the rules of topic names. `None` or an
+    /// empty name makes a subscription that ends with the connection. Default: `None`.
     pub consumer: Option<String>,
     /// The maximum number of unacked messages in explicit ack mode; 0 selects the broker's
     /// default. Default: 0.
@@ -174,7 +170,7 @@ pub enum ClientError {
     Timeout,
     /// The topic name is invalid; nothing was sent.
     InvalidTopic(topic::InvalidTopic),
-    /// The durable consumer name is longer than [`MAX_CONSUMER_LEN`]; nothing was sent.
+    /// The durable consumer name breaks the rules of topic names; nothing was sent.
     InvalidConsumer {
         /// The name as given.
         name: String,
@@ -398,12 +394,13 @@ impl Client {
         options: SubscribeOptions,
     ) -> Result<Subscription, ClientError> {
         let topic = TopicName::try_from(topic)?;
-        let consumer = options.consumer.unwrap_or_default();
-        if consumer.len() > MAX_CONSUMER_LEN {
-            return Err(ClientError::InvalidConsumer {
-                name: consumer,
-                reason: "it is longer than 255 bytes",
-            });
+        let consumer = Bytes::from(options.consumer.unwrap_or_default());
+        // The broker checks consumer names with the topic name rules.
+        if !consumer.is_empty() {
+            TopicName::new(consumer.clone()).map_err(|err| ClientError::InvalidConsumer {
+                name: err.name,
+                reason: err.reason,
+            })?;
         }
 
         let sub_id = self.next_sub_id;
@@ -414,7 +411,7 @@ impl Client {
             start: options.start,
             ack_mode: options.ack_mode,
             max_in_flight: options.max_in_flight,
-            consumer: Bytes::from(consumer),
+            consumer,
         }
         .encode(&mut self.write_buf);
 
@@ -842,6 +839,9 @@ fn connect_any(addr: impl ToSocketAddrs) -> Result<TcpStream, ClientError> {
 fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
     timeout.and_then(|timeout| Instant::now().checked_add(timeout))
 }
+
+#[cfg(test)]
+pub(crate) mod fake_broker;
 
 #[cfg(test)]
 mod tests;

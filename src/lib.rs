@@ -7,7 +7,9 @@
 //! - [`shard`]: one shard's topics, ring buffers, consumers and retry buffers, with no I/O.
 //! - [`server`]: executors, listeners, connections and cross-core routing.
 //! - [`client`]: a blocking client over std networking.
+//! - [`cli`]: the `pub` and `sub` subcommands of the `pubsub` command.
 
+pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod server;

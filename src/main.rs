@@ -1,6 +1,7 @@
 //! The `pubsub` command: runs the broker (`serve`) and talks to one (`pub`, `sub`).
 
 use clap::{Args, Parser, Subcommand};
+use pubsub::cli::{self, PubArgs, SubArgs};
 use pubsub::server::{Server, ServerConfig, available_cpus};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,7 +9,11 @@ use std::time::Duration;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "pubsub", version, about = "In-memory publish/subscribe broker with replay and at-least-once delivery")]
+#[command(
+    name = "pubsub",
+    version,
+    about = "In-memory publish/subscribe broker with replay and at-least-once delivery"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -18,6 +23,10 @@ struct Cli {
 enum Command {
     /// Run the broker until SIGINT or SIGTERM.
     Serve(ServeArgs),
+    /// Publish one message, or one message per line of standard input or a file.
+    Pub(PubArgs),
+    /// Subscribe to a topic and print its messages.
+    Sub(SubArgs),
 }
 
 #[derive(Args)]
@@ -62,12 +71,16 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::Pub(args) => cli::run_pub(args),
+        Command::Sub(args) => cli::run_sub(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -364,7 +364,11 @@ impl Frame {
             } => {
                 encode_message_body(dst, *sub_id, *seq, *timestamp, *delivery_count, payload);
             }
-            Frame::Gap { sub_id, first, last } => {
+            Frame::Gap {
+                sub_id,
+                first,
+                last,
+            } => {
                 dst.put_u32_le(*sub_id);
                 dst.put_u64_le(*first);
                 dst.put_u64_le(*last);
@@ -620,7 +624,9 @@ fn decode_body(kind: u8, mut body: Bytes, max_payload: u32) -> Result<Frame, Dec
             }
         }
         PUBLISH => {
-            let request_id = reader.u64().ok_or_else(|| malformed("missing request id"))?;
+            let request_id = reader
+                .u64()
+                .ok_or_else(|| malformed("missing request id"))?;
             let topic = reader
                 .short_bytes()
                 .ok_or_else(|| malformed("topic length exceeds the frame"))?;
@@ -642,9 +648,11 @@ fn decode_body(kind: u8, mut body: Bytes, max_payload: u32) -> Result<Frame, Dec
                 payload,
             }
         }
-        SUBSCRIBE => decode_subscribe(&mut reader).map_err(|what| malformed(what))?,
+        SUBSCRIBE => decode_subscribe(&mut reader).map_err(&malformed)?,
         UNSUBSCRIBE | UNSUBSCRIBED => {
-            let sub_id = reader.u32().ok_or_else(|| malformed("missing subscription id"))?;
+            let sub_id = reader
+                .u32()
+                .ok_or_else(|| malformed("missing subscription id"))?;
             if kind == UNSUBSCRIBE {
                 Frame::Unsubscribe { sub_id }
             } else {
@@ -652,8 +660,12 @@ fn decode_body(kind: u8, mut body: Bytes, max_payload: u32) -> Result<Frame, Dec
             }
         }
         ACK | ACK_UP_TO => {
-            let sub_id = reader.u32().ok_or_else(|| malformed("missing subscription id"))?;
-            let seq = reader.u64().ok_or_else(|| malformed("missing sequence number"))?;
+            let sub_id = reader
+                .u32()
+                .ok_or_else(|| malformed("missing subscription id"))?;
+            let seq = reader
+                .u64()
+                .ok_or_else(|| malformed("missing sequence number"))?;
             if kind == ACK {
                 Frame::Ack { sub_id, seq }
             } else {
@@ -662,31 +674,57 @@ fn decode_body(kind: u8, mut body: Bytes, max_payload: u32) -> Result<Frame, Dec
         }
         HELLO_OK => Frame::HelloOk {
             version: reader.u16().ok_or_else(|| malformed("missing version"))?,
-            max_payload: reader.u32().ok_or_else(|| malformed("missing max payload"))?,
+            max_payload: reader
+                .u32()
+                .ok_or_else(|| malformed("missing max payload"))?,
             max_frame: reader.u32().ok_or_else(|| malformed("missing max frame"))?,
-            shards: reader.u16().ok_or_else(|| malformed("missing shard count"))?,
-            ack_timeout_ms: reader.u32().ok_or_else(|| malformed("missing ack timeout"))?,
+            shards: reader
+                .u16()
+                .ok_or_else(|| malformed("missing shard count"))?,
+            ack_timeout_ms: reader
+                .u32()
+                .ok_or_else(|| malformed("missing ack timeout"))?,
         },
         PUBLISHED => Frame::Published {
-            request_id: reader.u64().ok_or_else(|| malformed("missing request id"))?,
-            seq: reader.u64().ok_or_else(|| malformed("missing sequence number"))?,
+            request_id: reader
+                .u64()
+                .ok_or_else(|| malformed("missing request id"))?,
+            seq: reader
+                .u64()
+                .ok_or_else(|| malformed("missing sequence number"))?,
             timestamp: reader.u64().ok_or_else(|| malformed("missing timestamp"))?,
         },
         SUBSCRIBED => Frame::Subscribed {
-            sub_id: reader.u32().ok_or_else(|| malformed("missing subscription id"))?,
-            next_seq: reader.u64().ok_or_else(|| malformed("missing sequence number"))?,
+            sub_id: reader
+                .u32()
+                .ok_or_else(|| malformed("missing subscription id"))?,
+            next_seq: reader
+                .u64()
+                .ok_or_else(|| malformed("missing sequence number"))?,
         },
         MESSAGE => Frame::Message {
-            sub_id: reader.u32().ok_or_else(|| malformed("missing subscription id"))?,
-            seq: reader.u64().ok_or_else(|| malformed("missing sequence number"))?,
+            sub_id: reader
+                .u32()
+                .ok_or_else(|| malformed("missing subscription id"))?,
+            seq: reader
+                .u64()
+                .ok_or_else(|| malformed("missing sequence number"))?,
             timestamp: reader.u64().ok_or_else(|| malformed("missing timestamp"))?,
-            delivery_count: reader.u32().ok_or_else(|| malformed("missing delivery count"))?,
+            delivery_count: reader
+                .u32()
+                .ok_or_else(|| malformed("missing delivery count"))?,
             payload: reader.rest(),
         },
         GAP => Frame::Gap {
-            sub_id: reader.u32().ok_or_else(|| malformed("missing subscription id"))?,
-            first: reader.u64().ok_or_else(|| malformed("missing first sequence number"))?,
-            last: reader.u64().ok_or_else(|| malformed("missing last sequence number"))?,
+            sub_id: reader
+                .u32()
+                .ok_or_else(|| malformed("missing subscription id"))?,
+            first: reader
+                .u64()
+                .ok_or_else(|| malformed("missing first sequence number"))?,
+            last: reader
+                .u64()
+                .ok_or_else(|| malformed("missing last sequence number"))?,
         },
         ERROR => Frame::Error {
             code: ErrorCode::from_u16(reader.u16().ok_or_else(|| malformed("missing code"))?),
@@ -717,7 +755,9 @@ fn decode_subscribe(reader: &mut BodyReader<'_>) -> Result<Frame, &'static str> 
         _ => return Err("ack mode must be 0 (none) or 1 (explicit)"),
     };
     let max_in_flight = reader.u32().ok_or("missing max in-flight")?;
-    let topic = reader.short_bytes().ok_or("topic length exceeds the frame")?;
+    let topic = reader
+        .short_bytes()
+        .ok_or("topic length exceeds the frame")?;
     let consumer = reader
         .short_bytes()
         .ok_or("consumer name length exceeds the frame")?;
@@ -973,33 +1013,42 @@ mod tests {
                 any::<u32>(),
                 short_bytes()
             )
-                .prop_map(|(sub_id, topic, start, explicit, max_in_flight, consumer)| {
-                    Frame::Subscribe {
-                        sub_id,
-                        topic,
-                        start,
-                        ack_mode: if explicit {
-                            AckMode::Explicit
-                        } else {
-                            AckMode::None
-                        },
-                        max_in_flight,
-                        consumer,
+                .prop_map(
+                    |(sub_id, topic, start, explicit, max_in_flight, consumer)| {
+                        Frame::Subscribe {
+                            sub_id,
+                            topic,
+                            start,
+                            ack_mode: if explicit {
+                                AckMode::Explicit
+                            } else {
+                                AckMode::None
+                            },
+                            max_in_flight,
+                            consumer,
+                        }
                     }
-                }),
+                ),
             any::<u32>().prop_map(|sub_id| Frame::Unsubscribe { sub_id }),
             any::<u32>().prop_map(|sub_id| Frame::Unsubscribed { sub_id }),
             (any::<u32>(), any::<u64>()).prop_map(|(sub_id, seq)| Frame::Ack { sub_id, seq }),
             (any::<u32>(), any::<u64>()).prop_map(|(sub_id, seq)| Frame::AckUpTo { sub_id, seq }),
-            (any::<u16>(), any::<u32>(), any::<u32>(), any::<u16>(), any::<u32>()).prop_map(
-                |(version, max_payload, max_frame, shards, ack_timeout_ms)| Frame::HelloOk {
-                    version,
-                    max_payload,
-                    max_frame,
-                    shards,
-                    ack_timeout_ms,
-                }
-            ),
+            (
+                any::<u16>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u16>(),
+                any::<u32>()
+            )
+                .prop_map(
+                    |(version, max_payload, max_frame, shards, ack_timeout_ms)| Frame::HelloOk {
+                        version,
+                        max_payload,
+                        max_frame,
+                        shards,
+                        ack_timeout_ms,
+                    }
+                ),
             (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(request_id, seq, timestamp)| {
                 Frame::Published {
                     request_id,
@@ -1009,17 +1058,29 @@ mod tests {
             }),
             (any::<u32>(), any::<u64>())
                 .prop_map(|(sub_id, next_seq)| Frame::Subscribed { sub_id, next_seq }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u32>(), payload()).prop_map(
-                |(sub_id, seq, timestamp, delivery_count, payload)| Frame::Message {
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u32>(),
+                payload()
+            )
+                .prop_map(|(sub_id, seq, timestamp, delivery_count, payload)| {
+                    Frame::Message {
+                        sub_id,
+                        seq,
+                        timestamp,
+                        delivery_count,
+                        payload,
+                    }
+                }),
+            (any::<u32>(), any::<u64>(), any::<u64>()).prop_map(|(sub_id, first, last)| {
+                Frame::Gap {
                     sub_id,
-                    seq,
-                    timestamp,
-                    delivery_count,
-                    payload,
+                    first,
+                    last,
                 }
-            ),
-            (any::<u32>(), any::<u64>(), any::<u64>())
-                .prop_map(|(sub_id, first, last)| Frame::Gap { sub_id, first, last }),
+            }),
             (error_code(), any::<u64>(), payload()).prop_map(|(code, reference, message)| {
                 Frame::Error {
                     code,

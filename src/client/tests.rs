@@ -1,117 +1,9 @@
 //! Client tests against a scripted fake broker on a loopback socket, so that each test
 //! controls exactly which frames arrive and in what order.
 
+use super::fake_broker::{MAX_PAYLOAD, fake_broker, message};
 use super::*;
-use std::net::TcpListener;
-use std::thread::{self, JoinHandle};
-
-const MAX_PAYLOAD: u32 = 1000;
-
-/// The broker side of one test connection.
-struct FakeBroker {
-    stream: TcpStream,
-    decoder: Decoder,
-    buf: BytesMut,
-}
-
-impl FakeBroker {
-    /// Returns the next frame from the client, or `None` once the client has closed.
-    fn read_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.decoder.decode(&mut self.buf).expect("valid frame") {
-                return Some(frame);
-            }
-            let mut chunk = [0u8; 4096];
-            let read = self.stream.read(&mut chunk).expect("read from client");
-            if read == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..read]);
-        }
-    }
-
-    fn expect_frame(&mut self) -> Frame {
-        self.read_frame()
-            .expect("client closed the connection early")
-    }
-
-    fn send(&mut self, frame: Frame) {
-        let mut out = BytesMut::new();
-        frame.encode(&mut out);
-        self.stream.write_all(&out).expect("write to client");
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to client");
-    }
-
-    /// Answers the next PING with its PONG and returns how many frames came before it.
-    fn answer_ping(&mut self) -> Vec<Frame> {
-        let mut before = Vec::new();
-        loop {
-            match self.expect_frame() {
-                Frame::Ping { token } => {
-                    self.send(Frame::Pong { token });
-                    return before;
-                }
-                other => before.push(other),
-            }
-        }
-    }
-}
-
-fn hello_ok() -> Frame {
-    Frame::HelloOk {
-        version: PROTOCOL_VERSION,
-        max_payload: MAX_PAYLOAD,
-        max_frame: protocol::max_frame_for(MAX_PAYLOAD),
-        shards: 2,
-        ack_timeout_ms: 1500,
-    }
-}
-
-/// Starts a fake broker that accepts one connection and runs `script` on it. With
-/// `handshake` set it first reads HELLO and answers HELLO_OK.
-fn fake_broker(
-    handshake: bool,
-    script: impl FnOnce(&mut FakeBroker) + Send + 'static,
-) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let addr = listener.local_addr().expect("local address");
-    let handle = thread::spawn(move || {
-        let (stream, _) = listener.accept().expect("accept");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("set read timeout");
-        let mut broker = FakeBroker {
-            stream,
-            decoder: Decoder::new(MAX_PAYLOAD),
-            buf: BytesMut::new(),
-        };
-        if handshake {
-            let hello = broker.expect_frame();
-            assert_eq!(
-                hello,
-                Frame::Hello {
-                    version: PROTOCOL_VERSION
-                }
-            );
-            broker.send(hello_ok());
-        }
-        script(&mut broker);
-    });
-    (addr, handle)
-}
-
-fn message(sub_id: u32, seq: u64) -> Frame {
-    Frame::Message {
-        sub_id,
-        seq,
-        timestamp: 1_000 + seq,
-        delivery_count: 1,
-        payload: Bytes::from(format!("m{seq}")),
-    }
-}
+use std::io::Read;
 
 #[test]
 fn connect_stores_server_info() {
@@ -194,16 +86,19 @@ fn invalid_publish_sends_nothing() {
         }
         other => panic!("expected PayloadTooLarge, got {other:?}"),
     }
-    let long_name = "c".repeat(MAX_CONSUMER_LEN + 1);
-    let options = SubscribeOptions {
-        consumer: Some(long_name),
-        ..SubscribeOptions::default()
-    };
-    let result = client.subscribe("t", options);
-    assert!(
-        matches!(result, Err(ClientError::InvalidConsumer { .. })),
-        "{result:?}"
-    );
+    for (name, reason) in [
+        ("c".repeat(256), "it is longer than 255 bytes"),
+        ("a b".to_owned(), "whitespace is not allowed"),
+    ] {
+        let options = SubscribeOptions {
+            consumer: Some(name),
+            ..SubscribeOptions::default()
+        };
+        match client.subscribe("t", options) {
+            Err(ClientError::InvalidConsumer { reason: got, .. }) => assert_eq!(got, reason),
+            other => panic!("expected InvalidConsumer, got {other:?}"),
+        }
+    }
 
     client.ping().unwrap();
     drop(client);

@@ -10,7 +10,7 @@ use super::core::Core;
 use super::runtime::{self, Notify, ReadHalf, TcpStream, WriteHalf};
 use crate::protocol::{self, Decoder, ErrorCode, Frame};
 use crate::shard::{ConnAddr, Event, Request};
-use crate::topic::{shard_for, TopicName};
+use crate::topic::{TopicName, shard_for};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt, future};
 use std::cell::{Cell, RefCell};
@@ -112,28 +112,43 @@ impl Connection {
                     return;
                 }
                 let mut output = self.output.borrow_mut();
-                protocol::encode_message(&mut output, sub_id, seq, timestamp, delivery_count, &payload);
+                protocol::encode_message(
+                    &mut output,
+                    sub_id,
+                    seq,
+                    timestamp,
+                    delivery_count,
+                    &payload,
+                );
                 if state.queued_messages == 0 {
                     self.unreported.borrow_mut().push(sub_id);
                 }
                 state.queued_messages += 1;
                 state.queued_bytes += payload.len() as u64;
             }
-            Event::Gap { sub_id, first, last } => {
+            Event::Gap {
+                sub_id,
+                first,
+                last,
+            } => {
                 let accepted = self
                     .subscriptions
                     .borrow()
                     .get(&sub_id)
                     .is_some_and(|s| s.confirmed && s.owner == source_shard);
                 if accepted {
-                    self.queue_frame(&Frame::Gap { sub_id, first, last });
+                    self.queue_frame(&Frame::Gap {
+                        sub_id,
+                        first,
+                        last,
+                    });
                 }
             }
             Event::Subscribed { sub_id, next_seq } => {
-                if let Some(state) = self.subscriptions.borrow_mut().get_mut(&sub_id) {
-                    if state.owner == source_shard {
-                        state.confirmed = true;
-                    }
+                if let Some(state) = self.subscriptions.borrow_mut().get_mut(&sub_id)
+                    && state.owner == source_shard
+                {
+                    state.confirmed = true;
                 }
                 self.queue_frame(&Frame::Subscribed { sub_id, next_seq });
             }
@@ -292,7 +307,8 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
             if handshake_done {
                 future::pending::<()>().await;
             }
-            runtime::sleep(handshake_deadline.saturating_duration_since(std::time::Instant::now())).await;
+            runtime::sleep(handshake_deadline.saturating_duration_since(std::time::Instant::now()))
+                .await;
             Some(Err(std::io::ErrorKind::TimedOut.into()))
         };
         let result = future::or(future::or(read, stopped), timeout).await;
@@ -307,7 +323,10 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
                 connection.reject_input(
                     ErrorCode::HandshakeRequired,
                     0,
-                    format!("no HELLO within {} s of connecting", HANDSHAKE_TIMEOUT.as_secs()),
+                    format!(
+                        "no HELLO within {} s of connecting",
+                        HANDSHAKE_TIMEOUT.as_secs()
+                    ),
                 );
                 return "handshake timed out";
             }
@@ -421,17 +440,32 @@ fn handle_frame(core: &Core, connection: &Connection, frame: Frame) {
             ack_mode,
             max_in_flight,
             consumer,
-        } => subscribe(core, connection, sub_id, topic, start, ack_mode, max_in_flight, consumer),
+        } => subscribe(
+            core,
+            connection,
+            sub_id,
+            topic,
+            start,
+            ack_mode,
+            max_in_flight,
+            consumer,
+        ),
         Frame::Unsubscribe { sub_id } => {
             let removed = connection.subscriptions.borrow_mut().remove(&sub_id);
             match removed {
-                Some(state) => core.submit(state.owner as usize, Request::Unsubscribe { from, sub_id }),
+                Some(state) => {
+                    core.submit(state.owner as usize, Request::Unsubscribe { from, sub_id })
+                }
                 None => reject_unknown_subscription(connection, sub_id),
             }
         }
         Frame::Ack { sub_id, seq } | Frame::AckUpTo { sub_id, seq } => {
             let cumulative = matches!(frame, Frame::AckUpTo { .. });
-            let owner = connection.subscriptions.borrow().get(&sub_id).map(|s| s.owner);
+            let owner = connection
+                .subscriptions
+                .borrow()
+                .get(&sub_id)
+                .map(|s| s.owner);
             let Some(owner) = owner else {
                 reject_unknown_subscription(connection, sub_id);
                 return;

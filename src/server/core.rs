@@ -8,9 +8,9 @@
 //! message. The receiver task per peer never awaits a send: it only appends to outboxes,
 //! which is what keeps two executors with full channels from waiting on each other.
 
+use super::Limits;
 use super::connection::Connection;
 use super::runtime::{self, MeshReceivers, MeshSenders, Notify};
-use super::Limits;
 use crate::shard::{ConnAddr, Event, Output, Request, Shard};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -82,7 +82,9 @@ impl Core {
             core: self.id,
             conn,
         });
-        self.connections.borrow_mut().insert(conn, connection.clone());
+        self.connections
+            .borrow_mut()
+            .insert(conn, connection.clone());
         connection
     }
 
@@ -141,7 +143,13 @@ impl Core {
             if addr.core == self.id {
                 self.deliver(addr.conn, event, self.id);
             } else {
-                self.push_outbox(addr.core as usize, CoreMessage::Event { conn: addr.conn, event });
+                self.push_outbox(
+                    addr.core as usize,
+                    CoreMessage::Event {
+                        conn: addr.conn,
+                        event,
+                    },
+                );
             }
         }
     }
@@ -175,7 +183,11 @@ impl Core {
             if senders.send_to(peer, batch).await.is_err() {
                 // The peer's receiver is gone, which happens only while the broker
                 // shuts down.
-                tracing::debug!(shard = self.id, peer, "peer channel closed; dropping its outbox");
+                tracing::debug!(
+                    shard = self.id,
+                    peer,
+                    "peer channel closed; dropping its outbox"
+                );
                 return;
             }
         }

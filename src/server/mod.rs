@@ -236,7 +236,13 @@ impl Server {
         let executor_config = config.clone();
         let executor_control = control.clone();
         let executors = runtime::spawn_executors(config.cores, pinning, move || {
-            run_executor(executor_config, executor_control, mesh, bound_addr, ready_tx)
+            run_executor(
+                executor_config,
+                executor_control,
+                mesh,
+                bound_addr,
+                ready_tx,
+            )
         })
         .map_err(|err| ServerError::Startup(err.to_string()))?;
 
@@ -340,7 +346,9 @@ fn check_address_free(addr: SocketAddr) -> Result<(), ServerError> {
     match std::net::TcpListener::bind(addr) {
         Ok(_probe) => Ok(()),
         Err(err) if err.kind() == io::ErrorKind::AddrInUse => Err(ServerError::AddressInUse(addr)),
-        Err(err) => Err(ServerError::Startup(format!("cannot listen on {addr}: {err}"))),
+        Err(err) => Err(ServerError::Startup(format!(
+            "cannot listen on {addr}: {err}"
+        ))),
     }
 }
 
@@ -370,7 +378,10 @@ fn install_panic_hook() {
 async fn run_executor(
     config: ServerConfig,
     control: Arc<Control>,
-    mesh: glommio::channels::channel_mesh::MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
+    mesh: glommio::channels::channel_mesh::MeshBuilder<
+        Batch,
+        glommio::channels::channel_mesh::Full,
+    >,
     bound_addr: Arc<Mutex<Option<SocketAddr>>>,
     ready: mpsc::Sender<Result<SocketAddr, String>>,
 ) {
@@ -378,7 +389,9 @@ async fn run_executor(
     let (senders, receivers) = match mesh.join().await {
         Ok(pair) => pair,
         Err(err) => {
-            let _ = ready.send(Err(format!("cannot join the cross-core channel mesh: {err}")));
+            let _ = ready.send(Err(format!(
+                "cannot join the cross-core channel mesh: {err}"
+            )));
             return;
         }
     };

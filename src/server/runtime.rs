@@ -49,12 +49,18 @@ pub fn probe_io_uring() -> io::Result<()> {
                 Some(libc_errno::ENOMEM) => {
                     "the locked-memory limit is too low (see `ulimit -l`; at least 512 KiB)"
                 }
-                Some(libc_errno::EPERM) => "io_uring is blocked, often by a container's seccomp filter",
-                Some(libc_errno::EINVAL) => "the kernel is too old for the io_uring features glommio needs",
+                Some(libc_errno::EPERM) => {
+                    "io_uring is blocked, often by a container's seccomp filter"
+                }
+                Some(libc_errno::EINVAL) => {
+                    "the kernel is too old for the io_uring features glommio needs"
+                }
                 Some(libc_errno::ENOSYS) => "the kernel was built without io_uring",
                 _ => "io_uring could not be set up",
             };
-            Err(io::Error::other(format!("cannot start an executor: {hint} ({text})")))
+            Err(io::Error::other(format!(
+                "cannot start an executor: {hint} ({text})"
+            )))
         }
     }
 }
@@ -109,7 +115,10 @@ impl ExecutorHandles {
 
 /// Creates the all-to-all channel mesh that carries batches between `peers` executors;
 /// each channel holds at most `capacity` batches.
-pub fn mesh<T: Send + 'static>(peers: usize, capacity: usize) -> MeshBuilder<T, glommio::channels::channel_mesh::Full> {
+pub fn mesh<T: Send + 'static>(
+    peers: usize,
+    capacity: usize,
+) -> MeshBuilder<T, glommio::channels::channel_mesh::Full> {
     MeshBuilder::full(peers, capacity)
 }
 
@@ -162,14 +171,22 @@ pub struct ReadHalf(Rc<RefCell<TcpStream>>);
 pub struct WriteHalf(Rc<RefCell<TcpStream>>);
 
 impl AsyncRead for ReadHalf {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         let mut stream = self.0.borrow_mut();
         Pin::new(&mut *stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for WriteHalf {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let mut stream = self.0.borrow_mut();
         Pin::new(&mut *stream).poll_write(cx, buf)
     }

@@ -258,7 +258,9 @@ impl Shard {
     pub fn tick(&mut self, now: Instant, wall_nanos: u64, out: &mut Output) {
         let config = &self.config;
         for topic in self.topics.values_mut() {
-            topic.ring.evict_expired(wall_nanos, config.retention.max_age);
+            topic
+                .ring
+                .evict_expired(wall_nanos, config.retention.max_age);
             let mut expired_durable = Vec::new();
             for (&id, consumer) in topic.consumers.iter_mut() {
                 if consumer.attached.is_none() {
@@ -276,15 +278,15 @@ impl Shard {
                 }
             }
             for id in expired_durable {
-                if let Some(consumer) = topic.consumers.remove(&id) {
-                    if let Some(name) = &consumer.name {
-                        topic.durable.remove(name);
-                        tracing::info!(
-                            consumer = %name,
-                            unacked = consumer.retry.len(),
-                            "durable consumer dropped after its idle timeout"
-                        );
-                    }
+                if let Some(consumer) = topic.consumers.remove(&id)
+                    && let Some(name) = &consumer.name
+                {
+                    topic.durable.remove(name);
+                    tracing::info!(
+                        consumer = %name,
+                        unacked = consumer.retry.len(),
+                        "durable consumer dropped after its idle timeout"
+                    );
                 }
             }
         }
@@ -300,7 +302,11 @@ impl Shard {
             stats.consumers += topic.consumers.len();
             stats.retained_messages += topic.ring.len();
             stats.retained_bytes += topic.ring.bytes();
-            stats.unacked_messages += topic.consumers.values().map(|c| c.retry.len()).sum::<usize>();
+            stats.unacked_messages += topic
+                .consumers
+                .values()
+                .map(|c| c.retry.len())
+                .sum::<usize>();
         }
         stats
     }
@@ -370,12 +376,21 @@ impl Shard {
             n => n.min(self.config.max_in_flight),
         };
         let key = self.topic_key(name);
-        let topic = self.topics.get_mut(&key).expect("topic_key inserted the topic");
+        let topic = self
+            .topics
+            .get_mut(&key)
+            .expect("topic_key inserted the topic");
 
-        let existing = spec.consumer.as_ref().and_then(|n| topic.durable.get(n).copied());
+        let existing = spec
+            .consumer
+            .as_ref()
+            .and_then(|n| topic.durable.get(n).copied());
         let consumer_id = match existing {
             Some(id) => {
-                let consumer = topic.consumers.get_mut(&id).expect("durable index is in sync");
+                let consumer = topic
+                    .consumers
+                    .get_mut(&id)
+                    .expect("durable index is in sync");
                 if let Err((code, message)) = consumer.reattach(from, sub_id, &spec, name) {
                     out.push(fail(code, message));
                     return;
@@ -413,7 +428,10 @@ impl Shard {
         self.subscriptions
             .insert((from, sub_id), (key.clone(), consumer_id));
 
-        let consumer = topic.consumers.get_mut(&consumer_id).expect("just inserted");
+        let consumer = topic
+            .consumers
+            .get_mut(&consumer_id)
+            .expect("just inserted");
         let next_seq = consumer.cursor.max(topic.ring.first_seq());
         out.push((from, Event::Subscribed { sub_id, next_seq }));
         consumer.pump(&topic.ring, &self.config, now, out);
@@ -424,12 +442,11 @@ impl Shard {
             out.push((from, unknown_subscription(sub_id)));
             return;
         };
-        if let Some(topic) = self.topics.get_mut(&key) {
-            if let Some(consumer) = topic.consumers.remove(&consumer_id) {
-                if let Some(name) = consumer.name {
-                    topic.durable.remove(&name);
-                }
-            }
+        if let Some(topic) = self.topics.get_mut(&key)
+            && let Some(consumer) = topic.consumers.remove(&consumer_id)
+            && let Some(name) = consumer.name
+        {
+            topic.durable.remove(&name);
         }
         out.push((from, Event::Unsubscribed { sub_id }));
     }
@@ -446,7 +463,10 @@ impl Shard {
             .get(&consumer_id)
             .is_some_and(|c| c.name.is_some());
         if durable {
-            let consumer = topic.consumers.get_mut(&consumer_id).expect("checked above");
+            let consumer = topic
+                .consumers
+                .get_mut(&consumer_id)
+                .expect("checked above");
             consumer.attached = None;
             consumer.detached_at = Some(now);
             consumer.redeliver.clear();
@@ -466,19 +486,22 @@ impl Shard {
         now: Instant,
         out: &mut Output,
     ) {
-        let Some((ring, consumer)) = consumer_mut(&mut self.topics, &self.subscriptions, from, sub_id) else {
+        let Some((ring, consumer)) =
+            consumer_mut(&mut self.topics, &self.subscriptions, from, sub_id)
+        else {
             out.push((from, unknown_subscription(sub_id)));
             return;
         };
         if consumer.ack_mode == AckMode::None {
-            let message =
-                format!("subscription {sub_id} uses ack mode none, so it takes no acks");
+            let message = format!("subscription {sub_id} uses ack mode none, so it takes no acks");
             out.push((from, error(ErrorCode::InvalidArgument, sub_id, message)));
             return;
         }
         let delivered_below = consumer.cursor;
         if cumulative {
-            consumer.retry.ack_up_to(seq.min(delivered_below.saturating_sub(1)));
+            consumer
+                .retry
+                .ack_up_to(seq.min(delivered_below.saturating_sub(1)));
         } else {
             consumer.retry.ack(seq);
         }
@@ -506,7 +529,9 @@ impl Shard {
     ) {
         // A late report from a connection that has since closed finds nothing, because
         // `Detach` removed its subscription and reset the window.
-        let Some((ring, consumer)) = consumer_mut(&mut self.topics, &self.subscriptions, from, sub_id) else {
+        let Some((ring, consumer)) =
+            consumer_mut(&mut self.topics, &self.subscriptions, from, sub_id)
+        else {
             return;
         };
         consumer.window_messages = consumer.window_messages.saturating_sub(messages);
@@ -631,7 +656,14 @@ impl Consumer {
             if self.cursor < ring.first_seq() {
                 let first = self.cursor;
                 let last = ring.first_seq() - 1;
-                out.push((addr, Event::Gap { sub_id, first, last }));
+                out.push((
+                    addr,
+                    Event::Gap {
+                        sub_id,
+                        first,
+                        last,
+                    },
+                ));
                 self.cursor = ring.first_seq();
                 continue;
             }
@@ -690,3 +722,6 @@ fn error(code: ErrorCode, sub_id: u32, message: String) -> Event {
         message,
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -73,7 +73,11 @@ impl RetryBuffer {
                 break;
             }
             self.deadlines.pop_front();
-            if self.entries.get(&seq).is_some_and(|e| e.deadline == deadline) {
+            if self
+                .entries
+                .get(&seq)
+                .is_some_and(|e| e.deadline == deadline)
+            {
                 due.push_back(seq);
             }
         }
@@ -99,8 +103,9 @@ impl RetryBuffer {
     pub fn compact(&mut self) {
         if self.deadlines.len() > 2 * self.entries.len() + 64 {
             let entries = &self.entries;
-            self.deadlines
-                .retain(|(deadline, seq)| entries.get(seq).is_some_and(|e| e.deadline == *deadline));
+            self.deadlines.retain(|(deadline, seq)| {
+                entries.get(seq).is_some_and(|e| e.deadline == *deadline)
+            });
         }
     }
 }

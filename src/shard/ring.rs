@@ -222,7 +222,7 @@ mod tests {
             for (i, size) in sizes.iter().enumerate() {
                 let seq = ring.push(message(i as u64, *size), &limits);
                 prop_assert_eq!(seq, i as u64 + 1);
-                prop_assert!(ring.len() >= 1);
+                prop_assert!(!ring.is_empty());
                 prop_assert!(ring.len() <= max_messages);
                 prop_assert!(ring.len() == 1 || ring.bytes() <= max_bytes);
                 prop_assert_eq!(ring.next_seq(), seq + 1);

@@ -33,7 +33,11 @@ pub fn connect(server: &Server) -> Client {
 
 /// Receives events until `count` messages have arrived or `timeout` passes; returns the
 /// messages and any other events in arrival order.
-pub fn receive_messages(client: &mut Client, count: usize, timeout: Duration) -> (Vec<Message>, Vec<Event>) {
+pub fn receive_messages(
+    client: &mut Client,
+    count: usize,
+    timeout: Duration,
+) -> (Vec<Message>, Vec<Event>) {
     let deadline = Instant::now() + timeout;
     let mut messages = Vec::new();
     let mut others = Vec::new();
