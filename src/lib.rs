@@ -15,3 +15,9 @@ pub mod protocol;
 pub mod server;
 pub mod shard;
 pub mod topic;
+
+/// Compiles the README's Rust example as a doctest, so the README cannot drift from the
+/// API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
