@@ -217,8 +217,9 @@ impl Notify {
     /// Wakes every task waiting on a listener.
     pub fn notify(&self) {
         self.epoch.set(self.epoch.get().wrapping_add(1));
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
+        // Waking only schedules the task on this executor; it does not poll it here, so
+        // the borrow cannot be re-entered.
+        for waker in self.waiters.borrow_mut().drain(..) {
             waker.wake();
         }
     }
