@@ -120,7 +120,7 @@ const EXPECTED_FORMS: &str = "expected new, earliest, seq:N, time:UNIX_MS or las
 pub struct InvalidStartPosition {
     /// The value as given.
     pub input: String,
-    /// What is wrong with it.
+    /// The rule the value breaks.
     pub reason: &'static str,
 }
 
@@ -161,14 +161,14 @@ pub enum CliError {
     Connect {
         /// The address as given.
         addr: String,
-        /// Why it failed.
+        /// The underlying error.
         source: ClientError,
     },
     /// Publishing failed; `line` is the 1-based input line, when reading lines.
     Publish {
         /// The input line of the message, if it came from a file or standard input.
         line: Option<u64>,
-        /// Why it failed.
+        /// The underlying error.
         source: ClientError,
     },
     /// The broker reported errors about unconfirmed publishes.
@@ -180,7 +180,7 @@ pub enum CliError {
     Subscribe {
         /// The topic.
         topic: String,
-        /// Why it failed.
+        /// The underlying error.
         source: ClientError,
     },
     /// Receiving or acking messages failed.
@@ -189,7 +189,7 @@ pub enum CliError {
     ReadInput {
         /// The file, or `None` for standard input.
         path: Option<PathBuf>,
-        /// Why it failed.
+        /// The underlying error.
         source: io::Error,
     },
     /// Writing to standard output failed.
@@ -422,7 +422,7 @@ fn check_unconfirmed(client: &mut Client, diagnostics: &mut impl Write) -> Resul
                 errors += 1;
             }
             Ok(Some(_)) => {}
-            // Nothing more is waiting, or the broker closed after it answered the ping.
+            // Nothing more is waiting, or the broker closed after it replied to the ping.
             Ok(None) | Err(ClientError::Closed) => break,
             Err(source) => return Err(CliError::Publish { line: None, source }),
         }

@@ -30,16 +30,16 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default bound on each wait for a reply; see [`Client::set_default_timeout`].
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// [`Client::queue_publish`] flushes the write buffer once it holds this many bytes.
+/// [`Client::queue_publish`] flushes the write buffer once it contains this many bytes.
 pub const WRITE_BUFFER_LIMIT: usize = 64 * 1024;
 
-/// The minimum number of bytes each socket read asks for.
+/// The minimum buffer space, in bytes, offered to each socket read.
 const READ_CHUNK: usize = 32 * 1024;
 
 const FIRST_REQUEST_ID: u64 = 1 << 32;
 const FIRST_PING_TOKEN: u64 = 1 << 63;
 
-/// What the broker reported in its HELLO_OK frame.
+/// The broker's limits and settings, as reported in its HELLO_OK frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerInfo {
     /// The protocol version the broker speaks on this connection.
@@ -75,9 +75,10 @@ pub struct Subscription {
 /// Settings for [`Client::subscribe`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscribeOptions {
-    /// Where the subscription starts reading the topic. Default: [`StartPosition::New`].
+    /// The position where the subscription starts reading the topic. Default:
+    /// [`StartPosition::New`].
     pub start: StartPosition,
-    /// How the subscription acknowledges messages. Default: [`AckMode::None`].
+    /// The acknowledgement mode. Default: [`AckMode::None`].
     pub ack_mode: AckMode,
     /// The durable consumer name, which follows the rules of topic names. `None` or an
     /// empty name makes a subscription that ends with the connection. Default: `None`.
@@ -127,7 +128,7 @@ pub enum Event {
         /// The last missing sequence number.
         last: u64,
     },
-    /// An error that no waiting call claimed, such as the answer to a bad ack or to a
+    /// An error that no waiting call claimed, such as the error for a bad ack or for a
     /// `publish` without confirmation.
     Error(ServerError),
 }
@@ -135,7 +136,7 @@ pub enum Event {
 /// An ERROR frame from the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
-    /// What went wrong.
+    /// The error code.
     pub code: ErrorCode,
     /// The request id, subscription id or ping token the error is about, or 0.
     pub reference: u64,
@@ -162,11 +163,11 @@ pub enum ClientError {
     Io(io::Error),
     /// The broker sent bytes that break the protocol; the connection is unusable.
     Protocol(String),
-    /// The broker answered the call with an ERROR frame.
+    /// The broker rejected the call with an ERROR frame.
     Server(ServerError),
     /// The broker closed the connection.
     Closed,
-    /// The broker did not answer within the timeout.
+    /// The broker sent no reply within the timeout.
     Timeout,
     /// The topic name is invalid; nothing was sent.
     InvalidTopic(topic::InvalidTopic),
@@ -174,7 +175,7 @@ pub enum ClientError {
     InvalidConsumer {
         /// The name as given.
         name: String,
-        /// What is wrong with it.
+        /// The rule the name breaks.
         reason: &'static str,
     },
     /// The payload is larger than the broker's maximum payload size; nothing was sent.
@@ -247,7 +248,8 @@ impl From<ServerError> for ClientError {
 /// broker stops reading from a connection whose outgoing queue is full, so a client that
 /// only writes can block in `write` for good while its deliveries pile up.
 ///
-/// Dropping the client flushes queued frames, ignoring errors, and closes the connection.
+/// Dropping the client flushes queued frames, waiting at most [`HANDSHAKE_TIMEOUT`] and
+/// ignoring errors, and closes the connection.
 ///
 /// ```no_run
 /// use pubsub::client::{Client, Event, SubscribeOptions};
@@ -286,8 +288,8 @@ impl Client {
     /// Connects to the broker, sets TCP_NODELAY, sends HELLO and waits for HELLO_OK.
     ///
     /// Each resolved address gets [`HANDSHAKE_TIMEOUT`] to connect, and the broker gets as
-    /// long again to answer HELLO. An ERROR answer, such as an unsupported version, is
-    /// returned as [`ClientError::Server`].
+    /// long again to reply to HELLO. An ERROR reply, such as one for an unsupported
+    /// version, is returned as [`ClientError::Server`].
     pub fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
         let stream = connect_any(addr)?;
         stream.set_nodelay(true)?;
@@ -338,7 +340,7 @@ impl Client {
         self.flush()
     }
 
-    /// Appends one unconfirmed publish to the write buffer, which is flushed once it holds
+    /// Appends one unconfirmed publish to the write buffer, which is flushed once it contains
     /// [`WRITE_BUFFER_LIMIT`] bytes, by [`flush`](Client::flush), and before any read.
     pub fn queue_publish(&mut self, topic: &str, payload: &[u8]) -> Result<(), ClientError> {
         self.append_publish(0, topic, payload)?;
@@ -509,7 +511,7 @@ impl Client {
             } => {
                 if version != PROTOCOL_VERSION {
                     return Err(ClientError::Protocol(format!(
-                        "the broker answered HELLO with protocol version {version}, but this \
+                        "the broker replied to HELLO with protocol version {version}, but this \
                          client speaks only version {PROTOCOL_VERSION}"
                     )));
                 }
@@ -529,7 +531,7 @@ impl Client {
                 message,
             } => Err(ClientError::Server(server_error(code, reference, &message))),
             other => Err(ClientError::Protocol(format!(
-                "the broker answered HELLO with frame type 0x{:02x} instead of HELLO_OK",
+                "the broker replied to HELLO with frame type 0x{:02x} instead of HELLO_OK",
                 other.type_code()
             ))),
         }
@@ -679,13 +681,15 @@ impl fmt::Debug for Client {
 
 impl Drop for Client {
     fn drop(&mut self) {
+        // A broker that has stopped reading must not block the drop for good.
+        let _ = self.stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
         if let Err(err) = self.flush() {
             debug!(error = %err, "failed to flush queued frames while closing the connection");
         }
     }
 }
 
-/// The call whose ERROR answer `wait_reply` is looking for.
+/// The call that `wait_reply` waits on, which decides whether an ERROR frame is its reply.
 #[derive(Debug, Clone, Copy)]
 enum Awaited {
     Request(u64),
@@ -695,9 +699,9 @@ enum Awaited {
 }
 
 impl Awaited {
-    /// Returns true when `err` is the answer to this call. Acks run without waiting and
+    /// Returns true when `err` is the reply to this call. Acks run without waiting and
     /// their errors carry a subscription id too, so error codes that only an ack earns
-    /// are not taken as the answer to SUBSCRIBE or UNSUBSCRIBE.
+    /// are not taken as the reply to SUBSCRIBE or UNSUBSCRIBE.
     fn is_answered_by(self, err: &ServerError) -> bool {
         match self {
             Awaited::Request(id) | Awaited::Ping(id) => err.reference == id,
@@ -723,7 +727,7 @@ impl Awaited {
 enum Incoming {
     /// MESSAGE, GAP or ERROR: returned by `recv`.
     Event(Event),
-    /// PUBLISHED, SUBSCRIBED, UNSUBSCRIBED or PONG: the answer to a call.
+    /// PUBLISHED, SUBSCRIBED, UNSUBSCRIBED or PONG: the reply to a call.
     Reply(Frame),
 }
 

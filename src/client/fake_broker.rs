@@ -54,7 +54,7 @@ impl FakeBroker {
         self.stream.write_all(bytes).expect("write to client");
     }
 
-    /// Answers the next PING with its PONG and returns the frames that came before it.
+    /// Replies to the next PING with its PONG and returns the frames that came before it.
     pub(crate) fn answer_ping(&mut self) -> Vec<Frame> {
         let mut before = Vec::new();
         loop {
@@ -80,7 +80,7 @@ fn hello_ok() -> Frame {
 }
 
 /// Starts a fake broker that accepts one connection and runs `script` on it. With
-/// `handshake` set it first reads HELLO and answers HELLO_OK.
+/// `handshake` set it first reads HELLO and replies with HELLO_OK.
 pub(crate) fn fake_broker(
     handshake: bool,
     script: impl FnOnce(&mut FakeBroker) + Send + 'static,

@@ -140,7 +140,7 @@ fn publish_confirmed_queues_events_in_order() {
             first: 6,
             last: 9,
         });
-        // Same number as a subscription id, so it must not be taken as the answer.
+        // Same number as a subscription id, so it must not be taken as the reply.
         broker.send(Frame::Error {
             code: ErrorCode::UnknownSequence,
             reference: 1,
