@@ -503,6 +503,9 @@ impl Decoder {
     /// Returns how many more bytes the buffer needs before the next call can make
     /// progress, as a hint for sizing reads. Never more than one maximum frame.
     pub fn bytes_wanted(&self, buf: &BytesMut) -> usize {
+        if self.discard_remaining > 0 {
+            return self.discard_remaining.min(self.max_frame as u64) as usize;
+        }
         if buf.len() < LEN_PREFIX {
             return LEN_PREFIX - buf.len();
         }
@@ -627,9 +630,10 @@ fn decode_body(kind: u8, mut body: Bytes, max_payload: u32) -> Result<Frame, Dec
             let request_id = reader
                 .u64()
                 .ok_or_else(|| malformed("missing request id"))?;
-            let topic = reader
-                .short_bytes()
-                .ok_or_else(|| malformed("topic length exceeds the frame"))?;
+            let topic = reader.short_bytes().ok_or_else(|| DecodeError {
+                reference: request_id,
+                ..malformed("topic length exceeds the frame")
+            })?;
             let payload = reader.rest();
             if payload.len() > max_payload as usize {
                 return Err(DecodeError::skipped(
@@ -941,6 +945,18 @@ mod tests {
         let err = Decoder::new(1024).decode(&mut buf).unwrap_err();
         assert_eq!(err.code, ErrorCode::MalformedFrame);
         assert!(!err.fatal);
+    }
+
+    #[test]
+    fn malformed_publish_names_request_id() {
+        let mut buf = BytesMut::new();
+        buf.put_u32_le(1 + 8 + 1);
+        buf.put_u8(frame_type::PUBLISH);
+        buf.put_u64_le(77);
+        buf.put_u8(5);
+        let err = Decoder::new(1024).decode(&mut buf).unwrap_err();
+        assert_eq!(err.code, ErrorCode::MalformedFrame);
+        assert_eq!(err.reference, 77);
     }
 
     #[test]
