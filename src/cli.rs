@@ -2,7 +2,7 @@
 //! [`Client`]. The binary parses the command line and calls [`run_pub`] or [`run_sub`].
 
 use crate::client::{Client, ClientError, Event, Message, SubscribeOptions};
-use crate::protocol::{AckMode, StartPosition};
+use crate::protocol::{AckMode, ErrorCode, StartPosition};
 use clap::{Args, ValueEnum};
 use std::fmt;
 use std::fs::File;
@@ -285,15 +285,30 @@ fn subscribe(client: &mut Client, args: &SubArgs) -> Result<u32, CliError> {
         consumer: args.consumer.clone(),
         max_in_flight: args.max_in_flight,
     };
-    let subscription =
-        client
-            .subscribe(&args.topic, options)
-            .map_err(|source| CliError::Subscribe {
-                topic: args.topic.clone(),
-                source,
-            })?;
-    Ok(subscription.sub_id)
+    // A durable consumer whose previous connection just closed can still look attached
+    // for a moment, until the broker has processed that close; retry briefly before
+    // reporting CONSUMER_IN_USE.
+    let deadline = std::time::Instant::now() + CONSUMER_IN_USE_RETRY;
+    loop {
+        match client.subscribe(&args.topic, options.clone()) {
+            Ok(subscription) => return Ok(subscription.sub_id),
+            Err(ClientError::Server(err))
+                if err.code == ErrorCode::ConsumerInUse && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(source) => {
+                return Err(CliError::Subscribe {
+                    topic: args.topic.clone(),
+                    source,
+                });
+            }
+        }
+    }
 }
+
+/// How long `sub` retries a subscribe rejected with CONSUMER_IN_USE.
+const CONSUMER_IN_USE_RETRY: Duration = Duration::from_secs(2);
 
 /// Prints events until `--count` messages have been printed, acking each message after
 /// printing it with `--ack explicit`.
