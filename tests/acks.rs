@@ -33,13 +33,17 @@ fn durable(name: &str, start: StartPosition) -> SubscribeOptions {
     }
 }
 
-/// Publishes `payload-1` … `payload-count` to `topic` with confirmation.
+/// Publishes `payload-N` for each N in `range` to `topic` with confirmation, and checks
+/// that each gets sequence number N.
 fn publish_numbered(client: &mut Client, topic: &str, range: std::ops::RangeInclusive<u64>) {
     for i in range {
         let published = client
             .publish_confirmed(topic, format!("payload-{i}").as_bytes())
             .expect("publish is confirmed");
-        assert_eq!(published.seq, i, "the test expects topic {topic} to be fresh");
+        assert_eq!(
+            published.seq, i,
+            "{topic}: payload-{i} must get sequence number {i}"
+        );
     }
 }
 
@@ -62,7 +66,10 @@ fn attach(server: &Server, topic: &str, options: SubscribeOptions) -> (Client, S
         || match client.subscribe(topic, options.clone()) {
             Ok(subscription) => Some(subscription),
             Err(ClientError::Server(err)) if err.code == ErrorCode::ConsumerInUse => None,
-            Err(err) => panic!("subscribe with consumer {:?} failed: {err}", options.consumer),
+            Err(err) => panic!(
+                "subscribe with consumer {:?} failed: {err}",
+                options.consumer
+            ),
         },
     );
     (client, subscription)
@@ -79,7 +86,9 @@ fn unacked_message_is_redelivered() {
     for shard in 0..shards {
         let topic = topic_on_shard(shard, shards, 0);
         let subscription = subscribe(&mut subscriber, &topic, explicit(StartPosition::New));
-        let published = publisher.publish_confirmed(&topic, topic.as_bytes()).unwrap();
+        let published = publisher
+            .publish_confirmed(&topic, topic.as_bytes())
+            .unwrap();
         expected.insert(subscription.sub_id, (topic, published, 1u32));
     }
 
@@ -95,7 +104,11 @@ fn unacked_message_is_redelivered() {
             message.delivery_count, *next_count,
             "{topic}: each redelivery counts one more"
         );
-        assert_eq!(&message.payload[..], topic.as_bytes(), "{topic}: the same payload");
+        assert_eq!(
+            &message.payload[..],
+            topic.as_bytes(),
+            "{topic}: the same payload"
+        );
         assert_eq!(
             message.timestamp, published.timestamp,
             "{topic}: the original timestamp"
@@ -108,7 +121,10 @@ fn unacked_message_is_redelivered() {
     // Redeliveries that crossed the acks on the wire may still arrive; after those, the
     // acked messages must stay quiet for several ack timeouts.
     let (_, others) = receive_messages(&mut subscriber, usize::MAX, SHORT_ACK_TIMEOUT);
-    assert!(others.is_empty(), "unexpected events after the acks: {others:?}");
+    assert!(
+        others.is_empty(),
+        "unexpected events after the acks: {others:?}"
+    );
     assert_quiet(&mut subscriber, SHORT_ACK_TIMEOUT * 3);
 }
 
@@ -147,7 +163,11 @@ fn ack_single_leaves_others_unacked() {
     client.ack(subscription.sub_id, 2).unwrap();
 
     let redelivered = expect_messages(&mut client, 2);
-    assert_eq!(seqs(&redelivered), vec![1, 3], "only the unacked messages come back");
+    assert_eq!(
+        seqs(&redelivered),
+        vec![1, 3],
+        "only the unacked messages come back"
+    );
     assert!(
         redelivered.iter().all(|m| m.delivery_count == 2),
         "redeliveries have delivery count 2: {redelivered:?}"
@@ -168,7 +188,11 @@ fn ack_up_to_is_cumulative() {
     client.ack_up_to(subscription.sub_id, 3).unwrap();
 
     let redelivered = expect_messages(&mut client, 2);
-    assert_eq!(seqs(&redelivered), vec![4, 5], "messages above the cumulative ack come back");
+    assert_eq!(
+        seqs(&redelivered),
+        vec![4, 5],
+        "messages above the cumulative ack come back"
+    );
     client.ack_up_to(subscription.sub_id, 5).unwrap();
     assert_quiet(&mut client, SHORT_ACK_TIMEOUT * 3);
 }
@@ -184,7 +208,11 @@ fn ack_up_to_covers_only_delivered() {
     let subscription = subscribe(&mut client, "ahead", options);
     publish_numbered(&mut client, "ahead", 1..=4);
     let messages = expect_messages(&mut client, 2);
-    assert_eq!(seqs(&messages), vec![1, 2], "the in-flight limit holds back 3 and 4");
+    assert_eq!(
+        seqs(&messages),
+        vec![1, 2],
+        "the in-flight limit holds back 3 and 4"
+    );
 
     client.ack_up_to(subscription.sub_id, 4).unwrap();
     let mut first_deliveries = Vec::new();
@@ -209,9 +237,15 @@ fn ack_up_to_covers_only_delivered() {
         vec![3, 4],
         "an ack up to 4 sent before 3 and 4 were delivered must not ack them"
     );
-    assert!(
-        errors.iter().all(|e| e.code == ErrorCode::UnknownSequence),
-        "only UNKNOWN_SEQUENCE may answer an ack past the delivered messages: {errors:?}"
+    assert_eq!(
+        errors.len(),
+        1,
+        "an ACK_UP_TO past the delivered messages gets one error: {errors:?}"
+    );
+    assert_eq!(
+        errors[0].code,
+        ErrorCode::UnknownSequence,
+        "the error about the ACK_UP_TO past the delivered messages"
     );
     assert!(
         !redeliveries.contains(&1) && !redeliveries.contains(&2),
@@ -231,7 +265,11 @@ fn max_in_flight_pauses_delivery() {
     publish_numbered(&mut client, "paced", 1..=10);
 
     let messages = expect_messages(&mut client, 3);
-    assert_eq!(seqs(&messages), vec![1, 2, 3], "three messages fill the in-flight limit");
+    assert_eq!(
+        seqs(&messages),
+        vec![1, 2, 3],
+        "three messages fill the in-flight limit"
+    );
     assert_quiet(&mut client, Duration::from_millis(300));
 
     client.ack(subscription.sub_id, 1).unwrap();
@@ -241,7 +279,11 @@ fn max_in_flight_pauses_delivery() {
 
     client.ack_up_to(subscription.sub_id, 4).unwrap();
     let messages = expect_messages(&mut client, 3);
-    assert_eq!(seqs(&messages), vec![5, 6, 7], "a cumulative ack frees three slots");
+    assert_eq!(
+        seqs(&messages),
+        vec![5, 6, 7],
+        "a cumulative ack frees three slots"
+    );
     assert_quiet(&mut client, Duration::from_millis(300));
 
     client.ack_up_to(subscription.sub_id, 7).unwrap();
@@ -314,6 +356,52 @@ fn ack_unknown_sequence_is_rejected() {
 }
 
 #[test]
+fn ack_before_start_is_unknown() {
+    let server = start_broker(2, |config| config.ack_timeout = LONG_ACK_TIMEOUT);
+    let mut client = connect(&server);
+    publish_numbered(&mut client, "late-start", 1..=5);
+    let subscription = subscribe(&mut client, "late-start", explicit(StartPosition::New));
+    assert_eq!(
+        subscription.next_seq, 6,
+        "the subscription starts after message 5"
+    );
+    publish_numbered(&mut client, "late-start", 6..=6);
+    let messages = expect_messages(&mut client, 1);
+    assert_eq!(seqs(&messages), vec![6], "only message 6 is delivered");
+
+    // Message 3 was published before the subscription started, so it was never
+    // delivered to this consumer. The shard handles acks and sends their errors in order, so
+    // the error about 777 marks the point by which the error about 3 must have arrived.
+    client.ack(subscription.sub_id, 3).unwrap();
+    client.ack(subscription.sub_id, 777).unwrap();
+    let mut errors = Vec::new();
+    loop {
+        let err = next_error(&mut client);
+        let marker = err.message.contains("777");
+        errors.push(err);
+        if marker {
+            break;
+        }
+    }
+    assert_eq!(
+        errors.len(),
+        2,
+        "an ack of message 3, published before the subscription started and never \
+         delivered to it, must get UNKNOWN_SEQUENCE before the ack of 777 does; got {errors:?}"
+    );
+    assert_eq!(
+        errors[0].code,
+        ErrorCode::UnknownSequence,
+        "ack of never-delivered 3"
+    );
+    assert_eq!(
+        errors[0].reference,
+        u64::from(subscription.sub_id),
+        "the error names the subscription"
+    );
+}
+
+#[test]
 fn double_ack_is_ignored() {
     let server = start_broker(2, |config| config.ack_timeout = LONG_ACK_TIMEOUT);
     let mut client = connect(&server);
@@ -326,10 +414,15 @@ fn double_ack_is_ignored() {
     client.ack_up_to(subscription.sub_id, 1).unwrap();
     client.ack_up_to(subscription.sub_id, 2).unwrap();
     client.ack(subscription.sub_id, 2).unwrap();
-    // The shard answers acks in order, so the first error must be the one about 777.
+    // The shard handles acks and sends their errors in order, so the first error must be
+    // the one about 777.
     client.ack(subscription.sub_id, 777).unwrap();
     let err = next_error(&mut client);
-    assert_eq!(err.code, ErrorCode::UnknownSequence, "the ack of 777 is rejected");
+    assert_eq!(
+        err.code,
+        ErrorCode::UnknownSequence,
+        "the ack of 777 is rejected"
+    );
     assert!(
         err.message.contains("777"),
         "an ack of an already acked message produced an error: {err}"
@@ -348,12 +441,24 @@ fn ack_in_none_mode_is_rejected() {
     client.ack(subscription.sub_id, 1).unwrap();
     let err = next_error(&mut client);
     assert_eq!(err.code, ErrorCode::InvalidArgument, "ack in ack mode none");
-    assert_eq!(err.reference, u64::from(subscription.sub_id), "names the subscription");
+    assert_eq!(
+        err.reference,
+        u64::from(subscription.sub_id),
+        "names the subscription"
+    );
 
     client.ack_up_to(subscription.sub_id, 1).unwrap();
     let err = next_error(&mut client);
-    assert_eq!(err.code, ErrorCode::InvalidArgument, "ack_up_to in ack mode none");
-    assert_eq!(err.reference, u64::from(subscription.sub_id), "names the subscription");
+    assert_eq!(
+        err.code,
+        ErrorCode::InvalidArgument,
+        "ack_up_to in ack mode none"
+    );
+    assert_eq!(
+        err.reference,
+        u64::from(subscription.sub_id),
+        "names the subscription"
+    );
 
     client.publish_confirmed("no-acks", b"m2").unwrap();
     let messages = expect_messages(&mut client, 1);
@@ -364,15 +469,45 @@ fn ack_in_none_mode_is_rejected() {
 fn ack_unknown_subscription_is_rejected() {
     let server = start_broker(2, |_| {});
     let mut client = connect(&server);
-    for (name, result) in [("ack", client.ack(42, 1)), ("ack_up_to", client.ack_up_to(43, 1))] {
+    for (name, result) in [
+        ("ack", client.ack(42, 1)),
+        ("ack_up_to", client.ack_up_to(43, 1)),
+    ] {
         result.unwrap_or_else(|err| panic!("{name} could not be sent: {err}"));
     }
     for sub_id in [42, 43] {
         let err = next_error(&mut client);
-        assert_eq!(err.code, ErrorCode::UnknownSubscription, "ack for subscription {sub_id}");
-        assert_eq!(err.reference, sub_id, "the error names subscription {sub_id}");
+        assert_eq!(
+            err.code,
+            ErrorCode::UnknownSubscription,
+            "ack for subscription {sub_id}"
+        );
+        assert_eq!(
+            err.reference, sub_id,
+            "the error names subscription {sub_id}"
+        );
     }
     client.ping().expect("the connection carries on");
+}
+
+#[test]
+fn unsubscribe_stops_redelivery() {
+    let server = start_broker(2, |config| config.ack_timeout = SHORT_ACK_TIMEOUT);
+    let mut client = connect(&server);
+    let subscription = subscribe(&mut client, "dropped", explicit(StartPosition::New));
+    publish_numbered(&mut client, "dropped", 1..=2);
+    expect_messages(&mut client, 2);
+    client.unsubscribe(subscription.sub_id).unwrap();
+    // Redeliveries sent before UNSUBSCRIBED stay queued in the client.
+    let mut late = Vec::new();
+    while let Some(event) = client.recv_timeout(Duration::ZERO).unwrap() {
+        late.push(event);
+    }
+    assert!(
+        late.len() <= 2,
+        "at most one redelivery of each message before UNSUBSCRIBED: {late:?}"
+    );
+    assert_quiet(&mut client, SHORT_ACK_TIMEOUT * 3);
 }
 
 #[test]
@@ -426,16 +561,28 @@ fn check_durable_consumer_resumes(shards: usize) {
     let mut publisher = connect(&server);
     publish_numbered(&mut publisher, &topic, 1..=20);
 
-    let (mut first, subscription) = attach(&server, &topic, durable("worker", StartPosition::Earliest));
-    assert_eq!(subscription.next_seq, 1, "a new durable consumer starts at its start position");
+    let (mut first, subscription) =
+        attach(&server, &topic, durable("worker", StartPosition::Earliest));
+    assert_eq!(
+        subscription.next_seq, 1,
+        "a new durable consumer starts at its start position"
+    );
     let messages = expect_messages(&mut first, 10);
-    assert_eq!(seqs(&messages), (1..=10).collect::<Vec<_>>(), "first connection");
+    assert_eq!(
+        seqs(&messages),
+        (1..=10).collect::<Vec<_>>(),
+        "first connection"
+    );
     first.ack_up_to(subscription.sub_id, 5).unwrap();
     first.ack(subscription.sub_id, 7).unwrap();
     drop(first);
 
     // Messages 11..=20 were sent to the first connection too, unread and unacked.
     let (mut second, subscription) = attach(&server, &topic, durable("worker", StartPosition::New));
+    assert_eq!(
+        subscription.next_seq, 21,
+        "({shards} shards) after the redeliveries the consumer reads on from its cursor"
+    );
     let expected: Vec<u64> = [6].into_iter().chain(8..=20).collect();
     let messages = expect_messages(&mut second, expected.len());
     assert_eq!(
@@ -465,7 +612,10 @@ fn check_durable_consumer_resumes(shards: usize) {
 
     publish_numbered(&mut publisher, &topic, 21..=21);
     let message = next_message(&mut second);
-    assert_eq!(message.seq, 21, "({shards} shards) delivery continues from the cursor");
+    assert_eq!(
+        message.seq, 21,
+        "({shards} shards) delivery continues from the cursor"
+    );
     assert_eq!(message.delivery_count, 1, "a first delivery");
 }
 
@@ -492,7 +642,9 @@ fn durable_consumer_receives_all_across_reconnects() {
         let mut client = connect(&server);
         thread::spawn(move || {
             for i in 1..=total {
-                client.publish(topic, format!("payload-{i}").as_bytes()).unwrap();
+                client
+                    .publish(topic, format!("payload-{i}").as_bytes())
+                    .unwrap();
                 if i % 10 == 0 {
                     thread::sleep(Duration::from_millis(2));
                 }
@@ -511,7 +663,8 @@ fn durable_consumer_receives_all_across_reconnects() {
             processed.len()
         );
         connections += 1;
-        let (mut client, subscription) = attach(&server, topic, durable("flaky", StartPosition::Earliest));
+        let (mut client, subscription) =
+            attach(&server, topic, durable("flaky", StartPosition::Earliest));
         // Process up to 40 messages, then drop the connection without acking the last
         // three: they must come back on the next connection.
         for index in 0..40 {
@@ -550,26 +703,128 @@ fn durable_consumer_in_use_rejected() {
     let mut rival = connect(&server);
     let result = rival.subscribe("exclusive", durable("solo", StartPosition::New));
     let err = server_error(result);
-    assert_eq!(err.code, ErrorCode::ConsumerInUse, "a second live attach is rejected");
-    assert_eq!(err.reference, 1, "the error names the rival's subscription id");
+    assert_eq!(
+        err.code,
+        ErrorCode::ConsumerInUse,
+        "a second live attach is rejected"
+    );
+    assert_eq!(
+        err.reference, 1,
+        "the error names the rival's subscription id"
+    );
     let err = server_error(owner.subscribe("exclusive", durable("solo", StartPosition::New)));
     assert_eq!(
         err.code,
         ErrorCode::ConsumerInUse,
         "a second attach on the same connection is rejected"
     );
-    subscribe(&mut rival, "other-topic", durable("solo", StartPosition::New));
+    subscribe(
+        &mut rival,
+        "other-topic",
+        durable("solo", StartPosition::New),
+    );
 
     publish_numbered(&mut publisher, "exclusive", 1..=1);
     let message = next_message(&mut owner);
-    assert_eq!(message.sub_id, owned.sub_id, "the first attach keeps receiving");
+    assert_eq!(
+        message.sub_id, owned.sub_id,
+        "the first attach keeps receiving"
+    );
     assert_quiet(&mut rival, Duration::from_millis(200));
 
     drop(owner);
     let (mut successor, _) = attach(&server, "exclusive", durable("solo", StartPosition::New));
     let message = next_message(&mut successor);
-    assert_eq!(message.seq, 1, "the unacked message moves to the next attach");
+    assert_eq!(
+        message.seq, 1,
+        "the unacked message moves to the next attach"
+    );
     assert_eq!(message.delivery_count, 2, "as a redelivery");
+}
+
+#[test]
+fn concurrent_attach_has_one_winner() {
+    let server = start_broker(4, |config| config.ack_timeout = LONG_ACK_TIMEOUT);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
+    let contenders: Vec<_> = (0..6)
+        .map(|_| {
+            let mut client = connect(&server);
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                barrier.wait();
+                let outcome =
+                    match client.subscribe("contested", durable("only", StartPosition::New)) {
+                        Ok(subscription) => Ok(subscription.sub_id),
+                        Err(ClientError::Server(err)) => Err(err.code),
+                        Err(err) => panic!("subscribe failed without an ERROR answer: {err}"),
+                    };
+                // The client is returned so that the winner's connection stays open
+                // until every outcome is in.
+                (client, outcome)
+            })
+        })
+        .collect();
+    let (_clients, outcomes): (Vec<Client>, Vec<Result<u32, ErrorCode>>) = contenders
+        .into_iter()
+        .map(|handle| handle.join().expect("contender thread"))
+        .unzip();
+    let winners = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
+    assert_eq!(winners, 1, "exactly one attach wins: {outcomes:?}");
+    for outcome in &outcomes {
+        if let Err(code) = outcome {
+            assert_eq!(
+                *code,
+                ErrorCode::ConsumerInUse,
+                "the others get CONSUMER_IN_USE: {outcomes:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn pipelined_unsubscribe_deletes_consumer() {
+    let server = start_broker(2, |config| config.ack_timeout = LONG_ACK_TIMEOUT);
+    let mut publisher = connect(&server);
+    publish_numbered(&mut publisher, "pipelined", 1..=2);
+    let (mut raw, _) = RawConnection::handshake(&server);
+    raw.send_frame(&pubsub::protocol::Frame::Subscribe {
+        sub_id: 1,
+        topic: bytes::Bytes::from_static(b"pipelined"),
+        start: StartPosition::Earliest,
+        ack_mode: AckMode::Explicit,
+        max_in_flight: 0,
+        consumer: bytes::Bytes::from_static(b"brief"),
+    });
+    raw.send_frame(&pubsub::protocol::Frame::Unsubscribe { sub_id: 1 });
+    let mut frames = Vec::new();
+    loop {
+        let frame = raw.expect_frame();
+        let done = frame == pubsub::protocol::Frame::Unsubscribed { sub_id: 1 };
+        frames.push(frame);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        matches!(
+            frames.first(),
+            Some(pubsub::protocol::Frame::Subscribed { sub_id: 1, .. })
+        ),
+        "SUBSCRIBED comes first: {frames:?}"
+    );
+
+    // The consumer was deleted, so a new attach starts fresh from earliest.
+    let (mut client, subscription) = attach(
+        &server,
+        "pipelined",
+        durable("brief", StartPosition::Earliest),
+    );
+    assert_eq!(subscription.next_seq, 1, "a fresh consumer");
+    let messages = expect_messages(&mut client, 2);
+    assert!(
+        messages.iter().all(|m| m.delivery_count == 1),
+        "no redeliveries from the deleted consumer: {messages:?}"
+    );
 }
 
 #[test]
@@ -577,12 +832,23 @@ fn unsubscribe_deletes_durable_consumer() {
     let server = start_broker(2, |config| config.ack_timeout = LONG_ACK_TIMEOUT);
     let mut client = connect(&server);
     publish_numbered(&mut client, "deleted", 1..=3);
-    let first = subscribe(&mut client, "deleted", durable("temp", StartPosition::Earliest));
+    let first = subscribe(
+        &mut client,
+        "deleted",
+        durable("temp", StartPosition::Earliest),
+    );
     expect_messages(&mut client, 3);
     client.unsubscribe(first.sub_id).unwrap();
 
-    let second = subscribe(&mut client, "deleted", durable("temp", StartPosition::Earliest));
-    assert_eq!(second.next_seq, 1, "a fresh consumer starts at its start position");
+    let second = subscribe(
+        &mut client,
+        "deleted",
+        durable("temp", StartPosition::Earliest),
+    );
+    assert_eq!(
+        second.next_seq, 1,
+        "a fresh consumer starts at its start position"
+    );
     let messages = expect_messages(&mut client, 3);
     assert_eq!(seqs(&messages), vec![1, 2, 3], "replayed from earliest");
     assert!(
@@ -610,12 +876,17 @@ fn durable_consumer_expires_when_idle() {
         "the idle durable consumer is dropped",
         idle_timeout * 2,
         || {
-            let (client, subscription) = attach(&server, "idle", durable("sleepy", StartPosition::Earliest));
+            let (client, subscription) =
+                attach(&server, "idle", durable("sleepy", StartPosition::Earliest));
             (subscription.next_seq == 1).then_some((client, subscription))
         },
     );
     let messages = expect_messages(&mut client, 3);
-    assert_eq!(seqs(&messages), vec![1, 2, 3], "the new consumer starts from earliest");
+    assert_eq!(
+        seqs(&messages),
+        vec![1, 2, 3],
+        "the new consumer starts from earliest"
+    );
     assert!(
         messages
             .iter()
@@ -634,10 +905,14 @@ fn durable_ack_mode_mismatch_rejected() {
         ack_mode: AckMode::None,
         ..durable("strict", StartPosition::New)
     };
-    let err = poll_until("the first connection is detached", Duration::from_millis(20), || {
-        let err = server_error(client.subscribe("modes", options.clone()));
-        (err.code != ErrorCode::ConsumerInUse).then_some(err)
-    });
+    let err = poll_until(
+        "the first connection is detached",
+        Duration::from_millis(20),
+        || {
+            let err = server_error(client.subscribe("modes", options.clone()));
+            (err.code != ErrorCode::ConsumerInUse).then_some(err)
+        },
+    );
     assert_eq!(
         err.code,
         ErrorCode::InvalidArgument,
@@ -664,9 +939,14 @@ fn durable_gap_after_eviction() {
     publish_numbered(&mut publisher, "lagging", 4..=13);
     drop(first);
 
-    let (mut second, subscription) = attach(&server, "lagging", durable("behind", StartPosition::New));
+    let (mut second, subscription) =
+        attach(&server, "lagging", durable("behind", StartPosition::New));
     let redelivered = expect_messages(&mut second, 3);
-    assert_eq!(seqs(&redelivered), vec![1, 2, 3], "unacked messages come back first");
+    assert_eq!(
+        seqs(&redelivered),
+        vec![1, 2, 3],
+        "unacked messages come back first"
+    );
     assert!(
         redelivered.iter().all(|m| m.delivery_count == 2),
         "from the retry buffer, though the ring evicted them: {redelivered:?}"
@@ -692,7 +972,9 @@ fn durable_gap_after_eviction() {
 
 #[test]
 fn durable_none_mode_resumes_at_cursor() {
-    let server = start_broker(2, |config| config.consumer_idle_timeout = Duration::from_secs(30));
+    let server = start_broker(2, |config| {
+        config.consumer_idle_timeout = Duration::from_secs(30)
+    });
     let mut publisher = connect(&server);
     let options = SubscribeOptions {
         consumer: Some("reader".into()),
@@ -712,7 +994,11 @@ fn durable_none_mode_resumes_at_cursor() {
     assert_quiet(&mut second, Duration::from_millis(200));
     publish_numbered(&mut publisher, "cursor", 4..=5);
     let messages = expect_messages(&mut second, 2);
-    assert_eq!(seqs(&messages), vec![4, 5], "delivery continues at the cursor");
+    assert_eq!(
+        seqs(&messages),
+        vec![4, 5],
+        "delivery continues at the cursor"
+    );
     assert!(
         messages.iter().all(|m| m.delivery_count == 1),
         "ack mode none never redelivers: {messages:?}"

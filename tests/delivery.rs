@@ -73,7 +73,10 @@ fn message_carries_published_fields() {
             let messages = expect_messages(&mut subscriber, 1);
             let message = &messages[0];
             assert_eq!(message.sub_id, subscription.sub_id, "wrong subscription id");
-            assert_eq!(message.seq, published.seq, "MESSAGE seq differs from PUBLISHED");
+            assert_eq!(
+                message.seq, published.seq,
+                "MESSAGE seq differs from PUBLISHED"
+            );
             assert_eq!(
                 message.timestamp, published.timestamp,
                 "MESSAGE timestamp differs from PUBLISHED"
@@ -95,7 +98,8 @@ fn payloads_round_trip_unchanged() {
     let server = start_broker(2, |config| config.max_payload = max_payload);
     let mut subscriber = connect(&server);
     let mut publisher = connect(&server);
-    let topic = "payloads";
+    // The maximum topic length with the maximum payload gives the maximum PUBLISH frame.
+    let topic = &"p".repeat(255);
     subscribe(&mut subscriber, topic, SubscribeOptions::default());
 
     let every_byte: Vec<u8> = (0..=255u8).collect();
@@ -149,7 +153,14 @@ fn client_rejects_invalid_topic() {
     let server = start_broker(1, |_| {});
     let mut client = connect(&server);
     let too_long = "x".repeat(256);
-    for topic in ["", "a b", "tab\there", "bell\u{7}", "line\n", too_long.as_str()] {
+    for topic in [
+        "",
+        "a b",
+        "tab\there",
+        "bell\u{7}",
+        "line\n",
+        too_long.as_str(),
+    ] {
         let result = client.publish(topic, b"m");
         assert!(
             matches!(result, Err(ClientError::InvalidTopic(_))),
@@ -204,7 +215,10 @@ fn concurrent_publishers_share_sequence() {
                         (0..per_publisher)
                             .map(|i| {
                                 let payload = format!("{publisher_id}:{i}");
-                                client.publish_confirmed(&topic, payload.as_bytes()).unwrap().seq
+                                client
+                                    .publish_confirmed(&topic, payload.as_bytes())
+                                    .unwrap()
+                                    .seq
                             })
                             .collect::<Vec<u64>>()
                     })
@@ -282,7 +296,10 @@ fn start_new_skips_history() {
     let mut client = connect(&server);
     publish_numbered(&mut client, "history", 3);
     let subscription = subscribe(&mut client, "history", from(StartPosition::New));
-    assert_eq!(subscription.next_seq, 4, "new starts after the last message");
+    assert_eq!(
+        subscription.next_seq, 4,
+        "new starts after the last message"
+    );
     assert_quiet(&mut client, Duration::from_millis(200));
     client.publish_confirmed("history", b"live").unwrap();
     let messages = expect_messages(&mut client, 1);
@@ -295,7 +312,10 @@ fn start_earliest_replays_then_live() {
     let mut client = connect(&server);
     publish_numbered(&mut client, "replay", 3);
     let subscription = subscribe(&mut client, "replay", from(StartPosition::Earliest));
-    assert_eq!(subscription.next_seq, 1, "earliest starts at the oldest message");
+    assert_eq!(
+        subscription.next_seq, 1,
+        "earliest starts at the oldest message"
+    );
     client.publish_confirmed("replay", b"payload-4").unwrap();
     let messages = expect_messages(&mut client, 4);
     assert_eq!(seqs(&messages), vec![1, 2, 3, 4], "replay then live");
@@ -315,7 +335,11 @@ fn start_sequence_replays_from_n() {
     assert_eq!(subscription.next_seq, 3, "seq:3 starts at 3");
     client.publish_confirmed("by-seq", b"payload-6").unwrap();
     let messages = expect_messages(&mut client, 4);
-    assert_eq!(seqs(&messages), vec![3, 4, 5, 6], "seq:3 replays 3..=5, then live");
+    assert_eq!(
+        seqs(&messages),
+        vec![3, 4, 5, 6],
+        "seq:3 replays 3..=5, then live"
+    );
     assert_quiet(&mut client, Duration::from_millis(100));
 }
 
@@ -353,7 +377,11 @@ fn start_last_replays_tail() {
         "last:100 of 5 with nothing evicted starts at 1"
     );
     let messages = expect_messages(&mut client, 5);
-    assert_eq!(seqs(&messages), vec![1, 2, 3, 4, 5], "last:100 replays everything");
+    assert_eq!(
+        seqs(&messages),
+        vec![1, 2, 3, 4, 5],
+        "last:100 replays everything"
+    );
 
     let none = subscribe(&mut client, "tail", from(StartPosition::Last(0)));
     assert_eq!(none.next_seq, 6, "last:0 starts with the next message");
@@ -385,8 +413,8 @@ fn start_time_finds_first_at_or_after() {
                 .publish_confirmed("by-time", format!("payload-{i}").as_bytes())
                 .unwrap(),
         );
-        // Distinct timestamps make the expected start unambiguous; equal ones would
-        // still be handled by the computation below.
+        // Distinct timestamps make the expected start unambiguous. The expected start is
+        // computed from the confirmed timestamps, so equal ones would work too.
         thread::sleep(Duration::from_millis(2));
     }
     let first_at_or_after = |nanos: u64| {
@@ -469,9 +497,11 @@ fn replay_switches_to_live_exactly() {
             })
         };
 
-        poll_until("the publisher has sent 100 messages", Duration::from_millis(1), || {
-            (flushed.load(Ordering::SeqCst) >= 100).then_some(())
-        });
+        poll_until(
+            "the publisher has sent 100 messages",
+            Duration::from_millis(1),
+            || (flushed.load(Ordering::SeqCst) >= 100).then_some(()),
+        );
         let mut subscribers = Vec::new();
         for start in [
             StartPosition::Earliest,
@@ -529,7 +559,10 @@ fn two_subscriptions_on_one_connection() {
     let mut client = connect(&server);
     let first = subscribe(&mut client, "shared", SubscribeOptions::default());
     let second = subscribe(&mut client, "shared", SubscribeOptions::default());
-    assert_ne!(first.sub_id, second.sub_id, "each subscription gets its own id");
+    assert_ne!(
+        first.sub_id, second.sub_id,
+        "each subscription gets its own id"
+    );
     client.publish_confirmed("shared", b"m").unwrap();
     let messages = expect_messages(&mut client, 2);
     let mut sub_ids: Vec<u32> = messages.iter().map(|m| m.sub_id).collect();
@@ -550,16 +583,20 @@ fn unsubscribe_stops_delivery() {
         let topic = topic_on_shard(shards - 1, shards, 5);
         let other_topic = topic_on_shard(0, shards, 6);
         let dropped = subscribe(&mut subscriber, &topic, SubscribeOptions::default());
-        let kept = subscribe(&mut subscriber, &other_topic, SubscribeOptions::default());
+        let remaining = subscribe(&mut subscriber, &other_topic, SubscribeOptions::default());
         subscriber
             .unsubscribe(dropped.sub_id)
             .expect("unsubscribe is confirmed");
 
-        publisher.publish_confirmed(&topic, b"after unsubscribe").unwrap();
-        publisher.publish_confirmed(&other_topic, b"still subscribed").unwrap();
+        publisher
+            .publish_confirmed(&topic, b"after unsubscribe")
+            .unwrap();
+        publisher
+            .publish_confirmed(&other_topic, b"still subscribed")
+            .unwrap();
         let messages = expect_messages(&mut subscriber, 1);
         assert_eq!(
-            messages[0].sub_id, kept.sub_id,
+            messages[0].sub_id, remaining.sub_id,
             "only the remaining subscription gets messages ({shards} shards)"
         );
         assert_quiet(&mut subscriber, Duration::from_millis(200));
@@ -576,51 +613,178 @@ fn unsubscribe_stops_delivery() {
 }
 
 #[test]
-fn shutdown_closes_client_connections() {
-    let server = start_broker(2, |_| {});
-    let addr = server.local_addr();
-    let mut subscriber = connect(&server);
-    subscribe(&mut subscriber, "closing", SubscribeOptions::default());
-    let mut idle = connect(&server);
+fn fan_out_reaches_every_subscriber() {
+    for shards in [2, 4] {
+        let server = start_broker(shards, |_| {});
+        let topic = topic_on_shard(0, shards, 7);
+        // Separate connections spread over the executors, so deliveries cross cores.
+        let mut subscribers: Vec<_> = (0..8)
+            .map(|_| {
+                let mut client = connect(&server);
+                let subscription = subscribe(&mut client, &topic, SubscribeOptions::default());
+                (client, subscription)
+            })
+            .collect();
+        let mut publisher = connect(&server);
+        let total = 500u64;
+        for i in 1..=total {
+            publisher
+                .queue_publish(&topic, format!("payload-{i}").as_bytes())
+                .unwrap();
+        }
+        publisher.flush().unwrap();
 
-    server.shutdown().expect("shutdown returns Ok");
-
-    for (name, client) in [("subscriber", &mut subscriber), ("idle client", &mut idle)] {
-        let result = client.recv_timeout(TIMEOUT);
-        assert!(
-            matches!(result, Err(ClientError::Closed)),
-            "the {name} must see the connection closed, got {result:?}"
-        );
+        let expected: Vec<u64> = (1..=total).collect();
+        for (index, (client, subscription)) in subscribers.iter_mut().enumerate() {
+            let messages = expect_messages(client, total as usize);
+            assert!(
+                seqs(&messages) == expected,
+                "subscriber {index} ({shards} shards) lost or reordered messages"
+            );
+            assert!(
+                messages.iter().all(|m| m.sub_id == subscription.sub_id),
+                "subscriber {index} ({shards} shards) got another subscription's messages"
+            );
+        }
+        server.shutdown().expect("broker stops cleanly");
     }
-    let reconnect = pubsub::client::Client::connect(addr);
-    assert!(
-        reconnect.is_err(),
-        "the broker must not accept connections after shutdown"
-    );
 }
 
 #[test]
-fn shutdown_handle_stops_wait() {
+fn many_topics_keep_separate_sequences() {
+    let shards = 4;
+    let server = start_broker(shards, |_| {});
+    let mut subscriber = connect(&server);
+    let topics: Vec<String> = (0..64).map(|i| format!("topic-{i}")).collect();
+    let mut topic_of = HashMap::new();
+    for topic in &topics {
+        let subscription = subscribe(&mut subscriber, topic, SubscribeOptions::default());
+        topic_of.insert(subscription.sub_id, topic.clone());
+    }
+    let mut publisher = connect(&server);
+    let rounds = 10u64;
+    for round in 1..=rounds {
+        for topic in &topics {
+            publisher
+                .queue_publish(topic, format!("{topic}/{round}").as_bytes())
+                .unwrap();
+        }
+    }
+    publisher.flush().unwrap();
+
+    let messages = expect_messages(&mut subscriber, topics.len() * rounds as usize);
+    let mut next_seq: HashMap<&str, u64> = HashMap::new();
+    for message in &messages {
+        let topic = topic_of[&message.sub_id].as_str();
+        let expected = next_seq.entry(topic).or_insert(1);
+        assert_eq!(
+            message.seq, *expected,
+            "{topic}: sequence numbers are per topic, in order, without gaps"
+        );
+        assert_eq!(
+            message.payload,
+            format!("{topic}/{expected}").as_bytes(),
+            "{topic}: message {expected} has another message's payload"
+        );
+        *expected += 1;
+    }
+}
+
+#[test]
+fn pipelined_publishes_confirmed_in_order() {
+    let shards = 4;
+    let server = start_broker(shards, |_| {});
+    for shard in 0..shards {
+        let topic = topic_on_shard(shard, shards, 8);
+        let (mut raw, _) = RawConnection::handshake(&server);
+        // 200 confirmed publishes in one write, so they are in flight together.
+        let mut batch = Vec::new();
+        for request_id in 1..=200u64 {
+            batch.extend_from_slice(&publish_bytes(request_id, topic.as_bytes(), b"m"));
+        }
+        raw.send_bytes(&batch);
+        for expected in 1..=200u64 {
+            let frame = raw.expect_frame();
+            let pubsub::protocol::Frame::Published {
+                request_id, seq, ..
+            } = frame
+            else {
+                panic!("expected PUBLISHED, got {frame:?}");
+            };
+            assert_eq!(
+                request_id, expected,
+                "{topic} on shard {shard}: confirmations arrive in publish order"
+            );
+            assert_eq!(
+                seq, expected,
+                "{topic} on shard {shard}: publish order is sequence order"
+            );
+        }
+    }
+}
+
+#[test]
+fn subscription_id_reused_after_unsubscribe() {
     let server = start_broker(2, |_| {});
-    let handle = server.shutdown_handle();
-    let mut client = connect(&server);
-    let stopper = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(50));
-        handle.shutdown();
-    });
-    server.wait().expect("wait returns Ok after a shutdown request");
-    stopper.join().unwrap();
-    let result = client.recv_timeout(TIMEOUT);
+    let (mut raw, _) = RawConnection::handshake(&server);
+    let mut publisher = connect(&server);
+    let subscribe_frame = |topic: &'static [u8]| pubsub::protocol::Frame::Subscribe {
+        sub_id: 1,
+        topic: bytes::Bytes::from_static(topic),
+        start: StartPosition::New,
+        ack_mode: pubsub::protocol::AckMode::None,
+        max_in_flight: 0,
+        consumer: bytes::Bytes::new(),
+    };
+    raw.send_frame(&subscribe_frame(b"old"));
     assert!(
-        matches!(result, Err(ClientError::Closed)),
-        "the client must see the connection closed, got {result:?}"
+        matches!(
+            raw.expect_frame(),
+            pubsub::protocol::Frame::Subscribed { sub_id: 1, .. }
+        ),
+        "first subscription with id 1"
     );
+    raw.send_frame(&pubsub::protocol::Frame::Unsubscribe { sub_id: 1 });
+    assert_eq!(
+        raw.expect_frame(),
+        pubsub::protocol::Frame::Unsubscribed { sub_id: 1 },
+        "UNSUBSCRIBED frees id 1"
+    );
+    raw.send_frame(&subscribe_frame(b"new"));
+    assert!(
+        matches!(
+            raw.expect_frame(),
+            pubsub::protocol::Frame::Subscribed { sub_id: 1, .. }
+        ),
+        "id 1 is accepted again"
+    );
+
+    publisher
+        .publish_confirmed("old", b"from the old topic")
+        .unwrap();
+    publisher
+        .publish_confirmed("new", b"from the new topic")
+        .unwrap();
+    let frame = raw.expect_frame();
+    let pubsub::protocol::Frame::Message {
+        sub_id, payload, ..
+    } = frame
+    else {
+        panic!("expected a message, got {frame:?}");
+    };
+    assert_eq!(sub_id, 1, "delivered under id 1");
+    assert_eq!(
+        &payload[..],
+        b"from the new topic",
+        "id 1 now reads only the new topic"
+    );
+    raw.expect_pong(1);
 }
 
 #[test]
 fn error_event_does_not_end_receive() {
-    // The ack names an unknown subscription, so the broker answers it with an ERROR that
-    // `publish_confirmed` queues while it waits; the delivery queued behind it must follow.
+    // The ack names an unknown subscription, so the broker replies with an ERROR, which
+    // `publish_confirmed` queues while it waits. The delivery after it must follow it.
     let server = start_broker(1, |_| {});
     let mut client = connect(&server);
     let subscription = subscribe(&mut client, "events", SubscribeOptions::default());
@@ -632,5 +796,9 @@ fn error_event_does_not_end_receive() {
         "the error comes first, got {first:?}"
     );
     let messages = expect_messages(&mut client, 1);
-    assert_eq!(payloads(&messages), vec!["after error"], "delivery after an error");
+    assert_eq!(
+        payloads(&messages),
+        vec!["after error"],
+        "delivery after an error"
+    );
 }

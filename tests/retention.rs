@@ -1,12 +1,12 @@
 //! Retention limits (count, bytes, age) and the GAP notices that replace evicted messages,
-//! both for a start position that asks for evicted history and for a subscriber that
+//! both for a start position that requests evicted history and for a subscriber that
 //! stops reading.
 
 mod common;
 
 use common::*;
 use pubsub::client::{Client, Event, Message, SubscribeOptions};
-use pubsub::protocol::StartPosition;
+use pubsub::protocol::{AckMode, StartPosition};
 use std::time::{Duration, Instant};
 
 fn from(start: StartPosition) -> SubscribeOptions {
@@ -34,8 +34,17 @@ fn replay(
     );
     let gap = match others.as_slice() {
         [] => None,
-        [Event::Gap { sub_id, first, last }] => {
-            assert_eq!(*sub_id, subscription.sub_id, "{start:?}: GAP for the wrong subscription");
+        [
+            Event::Gap {
+                sub_id,
+                first,
+                last,
+            },
+        ] => {
+            assert_eq!(
+                *sub_id, subscription.sub_id,
+                "{start:?}: GAP for the wrong subscription"
+            );
             Some((*first, *last))
         }
         other => panic!("{start:?}: expected at most one GAP besides messages, got {other:?}"),
@@ -66,7 +75,11 @@ fn retain_messages_keeps_newest() {
         let (next_seq, gap, messages) = replay(&mut client, &topic, StartPosition::Earliest, 5);
         assert_eq!(next_seq, 8, "earliest is the oldest retained message");
         assert_eq!(gap, None, "earliest asks for nothing that was evicted");
-        assert_eq!(seqs(&messages), retained, "earliest replays the newest five");
+        assert_eq!(
+            seqs(&messages),
+            retained,
+            "earliest replays the newest five"
+        );
 
         let evicted_starts = [
             ("seq:1", StartPosition::Sequence(1), (1, 7)),
@@ -108,7 +121,9 @@ fn gap_arrives_before_first_message() {
     let server = start_broker(2, |config| config.retain_messages = 3);
     let mut client = connect(&server);
     for i in 1..=10 {
-        client.publish_confirmed("ordered", format!("{i}").as_bytes()).unwrap();
+        client
+            .publish_confirmed("ordered", format!("{i}").as_bytes())
+            .unwrap();
     }
     let subscription = subscribe(&mut client, "ordered", from(StartPosition::Sequence(2)));
     let first = next_event(&mut client, TIMEOUT);
@@ -122,7 +137,11 @@ fn gap_arrives_before_first_message() {
         "the GAP must come before any message"
     );
     let messages = expect_messages(&mut client, 3);
-    assert_eq!(seqs(&messages), vec![8, 9, 10], "retained messages after the GAP");
+    assert_eq!(
+        seqs(&messages),
+        vec![8, 9, 10],
+        "retained messages after the GAP"
+    );
 }
 
 #[test]
@@ -136,7 +155,11 @@ fn retain_bytes_evicts_oldest() {
     let (next_seq, gap, messages) = replay(&mut client, "bytes", StartPosition::Earliest, 3);
     assert_eq!(next_seq, 4, "the oldest retained message");
     assert_eq!(gap, None, "earliest gets no GAP");
-    assert_eq!(seqs(&messages), vec![4, 5, 6], "the newest 900 bytes are retained");
+    assert_eq!(
+        seqs(&messages),
+        vec![4, 5, 6],
+        "the newest 900 bytes are retained"
+    );
     for message in &messages {
         assert!(
             message.payload.iter().all(|&b| b == message.seq as u8),
@@ -147,7 +170,11 @@ fn retain_bytes_evicts_oldest() {
 
     let (_, gap, messages) = replay(&mut client, "bytes", StartPosition::Sequence(1), 3);
     assert_eq!(gap, Some((1, 3)), "seq:1 gets a GAP for the evicted bytes");
-    assert_eq!(seqs(&messages), vec![4, 5, 6], "retained messages after the GAP");
+    assert_eq!(
+        seqs(&messages),
+        vec![4, 5, 6],
+        "retained messages after the GAP"
+    );
 }
 
 #[test]
@@ -168,7 +195,10 @@ fn retain_bytes_keeps_oversized_newest() {
 
     client.publish_confirmed("huge", &[3; 10]).unwrap();
     let (next_seq, _, messages) = replay(&mut client, "huge", StartPosition::Earliest, 1);
-    assert_eq!(next_seq, 3, "the oversized message goes once a newer one arrives");
+    assert_eq!(
+        next_seq, 3,
+        "the oversized message goes once a newer one arrives"
+    );
     assert_eq!(messages[0].payload.len(), 10, "the newest message");
 }
 
@@ -185,7 +215,10 @@ fn retain_age_evicts_expired() {
     // Far less than the age limit has passed, so everything is still retained.
     let mut early = connect(&server);
     let (next_seq, gap, messages) = replay(&mut early, "ttl", StartPosition::Earliest, 3);
-    assert_eq!(next_seq, 1, "messages younger than the age limit are retained");
+    assert_eq!(
+        next_seq, 1,
+        "messages younger than the age limit are retained"
+    );
     assert_eq!(gap, None, "nothing evicted yet");
     assert_eq!(seqs(&messages), vec![1, 2, 3], "all three replayed");
 
@@ -213,14 +246,30 @@ fn retain_age_evicts_expired() {
     let (next_seq, gap, messages) = replay(&mut late, "ttl", StartPosition::Earliest, 1);
     assert_eq!(next_seq, 4, "earliest skips the expired messages");
     assert_eq!(gap, None, "earliest gets no GAP");
-    assert_eq!(seqs(&messages), vec![4], "earliest replays the message after expiry");
+    assert_eq!(
+        seqs(&messages),
+        vec![4],
+        "earliest replays the message after expiry"
+    );
     let (_, gap, messages) = replay(&mut late, "ttl", StartPosition::Sequence(1), 1);
-    assert_eq!(gap, Some((1, 3)), "seq:1 gets a GAP for the expired messages");
+    assert_eq!(
+        gap,
+        Some((1, 3)),
+        "seq:1 gets a GAP for the expired messages"
+    );
     assert_eq!(seqs(&messages), vec![4], "seq:1 continues after the GAP");
     let start = StartPosition::Time(published[0].timestamp);
     let (_, gap, messages) = replay(&mut late, "ttl", start, 1);
-    assert_eq!(gap, Some((1, 3)), "time of message 1 gets a GAP for the expired messages");
-    assert_eq!(seqs(&messages), vec![4], "time of message 1 continues after the GAP");
+    assert_eq!(
+        gap,
+        Some((1, 3)),
+        "time of message 1 gets a GAP for the expired messages"
+    );
+    assert_eq!(
+        seqs(&messages),
+        vec![4],
+        "time of message 1 continues after the GAP"
+    );
 
     let messages = expect_messages(&mut live, 4);
     assert_eq!(
@@ -229,9 +278,62 @@ fn retain_age_evicts_expired() {
         "a live subscriber gets every message regardless of expiry"
     );
     assert!(
-        messages.iter().all(|m| m.sub_id == live_subscription.sub_id),
+        messages
+            .iter()
+            .all(|m| m.sub_id == live_subscription.sub_id),
         "live messages carry the live subscription id"
     );
+}
+
+#[test]
+fn paused_consumer_gets_gap() {
+    let server = start_broker(2, |config| {
+        config.retain_messages = 5;
+        config.ack_timeout = Duration::from_secs(30);
+    });
+    let mut client = connect(&server);
+    let options = SubscribeOptions {
+        ack_mode: AckMode::Explicit,
+        max_in_flight: 2,
+        ..SubscribeOptions::default()
+    };
+    let subscription = subscribe(&mut client, "paused", options);
+    for i in 1..=20 {
+        client
+            .publish_confirmed("paused", format!("{i}").as_bytes())
+            .unwrap();
+    }
+    let messages = expect_messages(&mut client, 2);
+    assert_eq!(
+        seqs(&messages),
+        vec![1, 2],
+        "the in-flight limit pauses delivery"
+    );
+
+    // While the consumer waited for acks, the ring buffer evicted 3..=15.
+    client.ack_up_to(subscription.sub_id, 2).unwrap();
+    let gap = next_event(&mut client, TIMEOUT);
+    assert_eq!(
+        gap,
+        Event::Gap {
+            sub_id: subscription.sub_id,
+            first: 3,
+            last: 15
+        },
+        "the paused consumer gets a GAP for the messages evicted meanwhile"
+    );
+    let messages = expect_messages(&mut client, 2);
+    assert_eq!(
+        seqs(&messages),
+        vec![16, 17],
+        "then retained messages, two at a time"
+    );
+    client.ack_up_to(subscription.sub_id, 17).unwrap();
+    let messages = expect_messages(&mut client, 2);
+    assert_eq!(seqs(&messages), vec![18, 19], "acks keep delivery going");
+    client.ack_up_to(subscription.sub_id, 19).unwrap();
+    let messages = expect_messages(&mut client, 1);
+    assert_eq!(seqs(&messages), vec![20], "the last message");
 }
 
 /// A subscriber that stops reading while a publisher sends far more than the topic
@@ -258,7 +360,11 @@ fn check_slow_subscriber_gets_gap(shards: usize) {
     }
     payload[..8].copy_from_slice(&(SENT + 1).to_le_bytes());
     let last = publisher.publish_confirmed(&topic, &payload).unwrap().seq;
-    assert_eq!(last, SENT + 1, "the publisher's messages were numbered without gaps");
+    assert_eq!(
+        last,
+        SENT + 1,
+        "the publisher's messages were numbered without gaps"
+    );
 
     // Now read everything the broker kept for the subscriber.
     let deadline = Instant::now() + 2 * TIMEOUT;
@@ -294,8 +400,15 @@ fn check_slow_subscriber_gets_gap(shards: usize) {
                 received += 1;
                 expected_next += 1;
             }
-            Event::Gap { sub_id, first, last: gap_last } => {
-                assert_eq!(sub_id, subscription.sub_id, "GAP for the wrong subscription");
+            Event::Gap {
+                sub_id,
+                first,
+                last: gap_last,
+            } => {
+                assert_eq!(
+                    sub_id, subscription.sub_id,
+                    "GAP for the wrong subscription"
+                );
                 assert_eq!(
                     first, expected_next,
                     "({shards} shards) a GAP must start right after the last delivered message"

@@ -190,6 +190,8 @@ struct Consumer {
     max_in_flight: u32,
     /// Sequence number of the next message to take from the ring buffer.
     cursor: u64,
+    /// The cursor when the consumer was created; nothing below it was delivered.
+    start_seq: u64,
     retry: RetryBuffer,
     /// Unacked sequence numbers waiting to be sent again.
     redeliver: VecDeque<u64>,
@@ -413,6 +415,7 @@ impl Shard {
                     ack_mode: spec.ack_mode,
                     max_in_flight,
                     cursor,
+                    start_seq: cursor,
                     retry: RetryBuffer::default(),
                     redeliver: VecDeque::new(),
                     window_messages: 0,
@@ -505,13 +508,17 @@ impl Shard {
         } else {
             consumer.retry.ack(seq);
         }
-        // Sequence numbers below the cursor were delivered (or skipped by a gap) and may
-        // have been acked already; acking them again is harmless.
-        if seq == 0 || seq >= delivered_below {
+        // Numbers from the consumer's start up to its cursor were delivered, or skipped by
+        // a gap notice; acking one of them again is harmless and ignored.
+        if seq < consumer.start_seq || seq >= delivered_below {
+            let delivered = if delivered_below > consumer.start_seq {
+                format!("{}..={}", consumer.start_seq, delivered_below - 1)
+            } else {
+                "nothing yet".to_string()
+            };
             let message = format!(
-                "sequence number {seq} was never delivered to subscription {sub_id}; the \
-                 highest delivered is {}",
-                delivered_below.saturating_sub(1)
+                "sequence number {seq} was never delivered to subscription {sub_id}; it has \
+                 delivered {delivered}"
             );
             out.push((from, error(ErrorCode::UnknownSequence, sub_id, message)));
         }

@@ -641,3 +641,40 @@ fn duplicate_subscription_id_is_rejected() {
         "{out:?}"
     );
 }
+
+#[test]
+fn ack_below_start_is_unknown() {
+    let mut h = Harness::new(config());
+    h.publish_many("orders", 5);
+    h.subscribe(1, StartPosition::New, AckMode::Explicit);
+    h.publish("orders", "six");
+    for request in [
+        Request::Ack {
+            from: CONN,
+            sub_id: 1,
+            seq: 3,
+        },
+        Request::AckUpTo {
+            from: CONN,
+            sub_id: 1,
+            seq: 5,
+        },
+    ] {
+        let out = events(h.send(request));
+        assert!(
+            matches!(
+                out.as_slice(),
+                [Event::Error {
+                    code: ErrorCode::UnknownSequence,
+                    ..
+                }]
+            ),
+            "{out:?}"
+        );
+    }
+    assert_eq!(
+        h.shard.stats().unacked_messages,
+        1,
+        "message 6 stays unacked"
+    );
+}

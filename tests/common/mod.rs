@@ -43,8 +43,8 @@ pub fn connect(server: &Server) -> Client {
     Client::connect(server.local_addr()).expect("client connects")
 }
 
-/// Receives events until `count` messages have arrived or `timeout` passes; returns the
-/// messages and any other events in arrival order.
+/// Receives events until `count` messages have arrived or `timeout` passes, and returns
+/// the messages and any other events in arrival order.
 pub fn receive_messages(
     client: &mut Client,
     count: usize,
@@ -107,12 +107,12 @@ pub fn assert_quiet(client: &mut Client, wait: Duration) {
     }
 }
 
-/// Returns the ERROR answer inside a failed call, failing the test on success or on
+/// Returns the ERROR reply inside a failed call, failing the test on success or on
 /// any other kind of failure.
 pub fn server_error<T: std::fmt::Debug>(result: Result<T, ClientError>) -> ServerError {
     match result {
         Err(ClientError::Server(err)) => err,
-        other => panic!("expected an ERROR answer from the broker, got {other:?}"),
+        other => panic!("expected an ERROR reply from the broker, got {other:?}"),
     }
 }
 
@@ -263,7 +263,7 @@ impl Bystander {
 }
 
 /// A connection that speaks the wire protocol frame by frame, for sending input that
-/// [`Client`] refuses to produce and for watching exactly what the broker answers.
+/// [`Client`] does not produce and for reading exactly what the broker sends back.
 pub struct RawConnection {
     stream: TcpStream,
     decoder: Decoder,
@@ -282,8 +282,8 @@ impl RawConnection {
         }
     }
 
-    /// Opens a TCP connection and completes the handshake; returns it with the broker's
-    /// HELLO_OK.
+    /// Opens a TCP connection, completes the handshake and returns the connection with
+    /// the broker's HELLO_OK.
     pub fn handshake(server: &Server) -> (Self, Frame) {
         let mut raw = RawConnection::connect(server);
         raw.send_frame(&Frame::Hello {
@@ -321,8 +321,8 @@ impl RawConnection {
             .expect("shut down the write direction");
     }
 
-    /// Returns the next frame; `Ok(None)` when none arrives within `timeout`, and
-    /// `Err` when the broker closed the connection or reset it.
+    /// Returns the next frame, `Ok(None)` when none arrives within `timeout`, or `Err`
+    /// when the broker closed the connection or reset it.
     pub fn next_frame(&mut self, timeout: Duration) -> io::Result<Option<Frame>> {
         let deadline = Instant::now() + timeout;
         loop {
