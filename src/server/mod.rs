@@ -55,6 +55,8 @@ pub struct ServerConfig {
     pub max_in_flight: u32,
     /// Time a durable consumer outlives its connection.
     pub consumer_idle_timeout: Duration,
+    /// Time an idle executor busy-polls before sleeping; zero sleeps at once.
+    pub spin_before_park: Duration,
 }
 
 /// The default listen address of the broker and the default server address of the CLI.
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             ack_timeout: Duration::from_secs(30),
             max_in_flight: 1000,
             consumer_idle_timeout: Duration::from_secs(300),
+            spin_before_park: Duration::ZERO,
         }
     }
 }
@@ -235,16 +238,17 @@ impl Server {
 
         let executor_config = config.clone();
         let executor_control = control.clone();
-        let executors = runtime::spawn_executors(config.cores, pinning, move || {
-            run_executor(
-                executor_config,
-                executor_control,
-                mesh,
-                bound_addr,
-                ready_tx,
-            )
-        })
-        .map_err(|err| ServerError::Startup(err.to_string()))?;
+        let executors =
+            runtime::spawn_executors(config.cores, pinning, config.spin_before_park, move || {
+                run_executor(
+                    executor_config,
+                    executor_control,
+                    mesh,
+                    bound_addr,
+                    ready_tx,
+                )
+            })
+            .map_err(|err| ServerError::Startup(err.to_string()))?;
 
         let mut server = Server {
             local_addr: config.listen,

@@ -76,9 +76,13 @@ mod libc_errno {
 
 /// Runs `make_future()` on `executors` executor threads and returns their join handles.
 /// Each thread is named `pubsub-N`.
+///
+/// An executor with no work polls for `spin_before_park` before it sleeps in the kernel,
+/// which trades CPU time for a shorter wake-up when work arrives; zero disables spinning.
 pub fn spawn_executors<G, F>(
     executors: usize,
     pinning: Pinning,
+    spin_before_park: Duration,
     make_future: G,
 ) -> io::Result<ExecutorHandles>
 where
@@ -89,10 +93,14 @@ where
         Pinning::Pinned => PoolPlacement::MaxSpread(executors, None),
         Pinning::Unpinned => PoolPlacement::Unbound(executors),
     };
-    let handles = LocalExecutorPoolBuilder::new(placement)
+    let mut builder = LocalExecutorPoolBuilder::new(placement)
         .name("pubsub")
         .io_memory(IO_MEMORY)
-        .ring_depth(RING_DEPTH)
+        .ring_depth(RING_DEPTH);
+    if !spin_before_park.is_zero() {
+        builder = builder.spin_before_park(spin_before_park);
+    }
+    let handles = builder
         .on_all_shards(make_future)
         .map_err(|err| io::Error::other(format!("cannot start executors: {err}")))?;
     Ok(ExecutorHandles(handles))
