@@ -8,7 +8,9 @@
 //! - [`server`]: executors, listeners, connections and cross-core routing.
 //! - [`client`]: a blocking client over std networking.
 //! - [`cli`]: the `pub` and `sub` subcommands of the `pubsub` command.
+//! - [`bench`]: the `bench` subcommand, a load generator for the broker and its peers.
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod protocol;

@@ -83,7 +83,10 @@ mod tests {
     #[test]
     fn more_topics_than_connections_partitions() {
         let layout = Layout::new(2, 3, 7, false);
-        assert_eq!(layout.publisher_topics, vec![vec![0, 2, 4, 6], vec![1, 3, 5]]);
+        assert_eq!(
+            layout.publisher_topics,
+            vec![vec![0, 2, 4, 6], vec![1, 3, 5]]
+        );
         assert_eq!(
             layout.subscriber_topics,
             vec![vec![0, 3, 6], vec![1, 4], vec![2, 5]]

@@ -10,9 +10,11 @@
 //!   message (pubsub only).
 //! - `spread`: `throughput` over many topics, so that every shard owns some.
 //!
-//! Helpers: `relay-server` (a byte relay with no broker work, the floor of the machine),
-//! `plot` (an SVG of several `.hgrm` files) and `table` (a markdown table of several JSON
-//! summaries with ratios to one of them).
+//! Helpers:
+//! - `relay-server`: a byte relay with no broker work, the floor of the machine.
+//! - `jitter`: how often the machine itself stalls a running thread.
+//! - `plot`: an SVG of several `.hgrm` files.
+//! - `table`: a markdown table of several JSON summaries, with ratios to one of them.
 //!
 //! Every message starts with a 16-byte header (see [`header`]) that names its topic,
 //! publisher and per-stream counter, so every subscriber accounts for each message it
@@ -20,6 +22,7 @@
 
 mod engine;
 mod header;
+mod jitter;
 mod layout;
 mod plot;
 mod relay;
@@ -60,6 +63,9 @@ pub enum BenchCommand {
     /// Runs a TCP relay that forwards every publisher's frames to every subscriber with
     /// no broker work; `--protocol relay` drives it.
     RelayServer(RelayServerArgs),
+    /// Measures how often and how long the machine stalls a thread that never blocks, a
+    /// noise floor for the latencies measured on the same CPU.
+    Jitter(JitterArgs),
     /// Draws the latency-by-percentile curves of one or more `.hgrm` files into one SVG.
     Plot(PlotArgs),
     /// Prints a markdown table of several JSON summaries, with each figure's ratio to the
@@ -92,7 +98,7 @@ impl Protocol {
     }
 }
 
-/// How subscribers acknowledge messages.
+/// Acknowledgement mode of the subscribers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AckArg {
     /// At-most-once: no acks.
@@ -213,7 +219,7 @@ pub struct ThroughputArgs {
 
     /// Maximum of messages published and not yet delivered, over all publishers; a
     /// publisher waits while the window is full.
-    #[arg(long, value_name = "MESSAGES", default_value_t = 5000)]
+    #[arg(long, value_name = "MESSAGES", default_value_t = 8000)]
     pub window: u64,
 }
 
@@ -241,7 +247,7 @@ pub struct SpreadArgs {
     pub duration: Duration,
 
     /// Maximum of messages published and not yet delivered, over all publishers.
-    #[arg(long, value_name = "MESSAGES", default_value_t = 5000)]
+    #[arg(long, value_name = "MESSAGES", default_value_t = 8000)]
     pub window: u64,
 }
 
@@ -276,6 +282,18 @@ pub struct RelayServerArgs {
     /// Exit after this long, so that a forgotten relay does not run for good.
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub exit_after: Duration,
+}
+
+/// Arguments of `pubsub bench jitter`.
+#[derive(Debug, Clone, Args)]
+pub struct JitterArgs {
+    /// Time to spin.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+
+    /// Write a JSON summary to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
 }
 
 /// Arguments of `pubsub bench plot`.
@@ -313,7 +331,13 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         BenchCommand::Latency(args) => engine::run_latency(args),
         BenchCommand::Throughput(args) => {
             let fan = args.fan.clone();
-            engine::run_throughput(args.connection, fan, args.duration, args.window, "throughput")
+            engine::run_throughput(
+                args.connection,
+                fan,
+                args.duration,
+                args.window,
+                "throughput",
+            )
         }
         BenchCommand::Spread(args) => {
             let fan = FanArgs {
@@ -325,6 +349,7 @@ pub fn run(args: BenchArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         BenchCommand::Replay(args) => replay::run(args),
         BenchCommand::RelayServer(args) => relay::serve(args.listen, args.exit_after),
+        BenchCommand::Jitter(args) => jitter::run(&args),
         BenchCommand::Plot(args) => plot::run(&args),
         BenchCommand::Table(args) => table::run(&args),
     }

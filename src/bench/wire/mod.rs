@@ -8,10 +8,8 @@
 
 mod nats;
 mod pubsub;
-mod relay;
+pub mod relay;
 mod resp;
-
-pub use relay::encode_frame as encode_relay_frame;
 
 use super::{AckArg, Protocol};
 use crate::protocol::StartPosition;
@@ -99,7 +97,10 @@ pub fn connect_subscriber(
         if spec.start != StartPosition::New {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{} cannot replay; only pubsub has a start position", protocol.name()),
+                format!(
+                    "{} cannot replay; only pubsub has a start position",
+                    protocol.name()
+                ),
             ));
         }
     }
@@ -114,7 +115,10 @@ pub fn connect_subscriber(
 /// Opens a TCP connection with TCP_NODELAY and the subscriber read timeout.
 fn open(addr: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|err| {
-        io::Error::new(err.kind(), format!("cannot connect to {addr}: {err}; is the server running?"))
+        io::Error::new(
+            err.kind(),
+            format!("cannot connect to {addr}: {err}; is the server running?"),
+        )
     })?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(POLL_INTERVAL))?;

@@ -52,8 +52,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<(ServerOp<'_>, usize)>, String> {
                 String::from_utf8_lossy(line)
             ));
         }
-        let size = parse_size(args[args.len() - 1])
-            .ok_or_else(|| format!("MSG has an invalid size: {:?}", String::from_utf8_lossy(line)))?;
+        let size = parse_size(args[args.len() - 1]).ok_or_else(|| {
+            format!(
+                "MSG has an invalid size: {:?}",
+                String::from_utf8_lossy(line)
+            )
+        })?;
         let payload_end = after_line + size;
         if buf.len() < payload_end + 2 {
             return Ok(None);
@@ -135,21 +139,29 @@ pub(super) fn parse_size(text: &[u8]) -> Option<usize> {
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |i| i + 1);
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
 /// Reads INFO, sends CONNECT (and whatever `extra` holds) and a PING, and waits for the
-/// PONG, which tells that the server has handled everything before it.
+/// PONG, which confirms that the server has handled everything before it.
 fn handshake(stream: &mut TcpStream, input: &mut ReadBuffer, extra: &[u8]) -> io::Result<()> {
-    read_until(stream, input, "the NATS INFO line", |bytes| match parse(bytes) {
-        Ok(Some((ServerOp::Info(_), used))) => Ok((used, Some(()))),
-        Ok(Some((op, _))) => Err(protocol_error(format!(
-            "expected INFO from the NATS server, got {op:?}"
-        ))),
-        Ok(None) => Ok((0, None)),
-        Err(message) => Err(protocol_error(message)),
+    read_until(stream, input, "the NATS INFO line", |bytes| {
+        match parse(bytes) {
+            Ok(Some((ServerOp::Info(_), used))) => Ok((used, Some(()))),
+            Ok(Some((op, _))) => Err(protocol_error(format!(
+                "expected INFO from the NATS server, got {op:?}"
+            ))),
+            Ok(None) => Ok((0, None)),
+            Err(message) => Err(protocol_error(message)),
+        }
     })?;
     let mut hello = CONNECT.to_vec();
     hello.extend_from_slice(extra);
@@ -245,11 +257,7 @@ impl Subscriber for NatsSubscriber {
         let at = Instant::now();
         let mut count = 0;
         let mut pongs = 0;
-        loop {
-            let (op, used) = match parse(self.input.filled()).map_err(protocol_error)? {
-                Some(parsed) => parsed,
-                None => break,
-            };
+        while let Some((op, used)) = parse(self.input.filled()).map_err(protocol_error)? {
             match op {
                 ServerOp::Msg { payload, .. } => {
                     on_message(payload, at);

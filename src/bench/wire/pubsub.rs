@@ -3,8 +3,8 @@
 //! one read goes out in one write instead of one write per ACK as `Client::ack` does.
 
 use super::{
-    Notices, Publisher, ReadBuffer, SubscribeSpec, Subscriber, closed_error,
-    is_timeout, open, protocol_error, read_until,
+    Notices, Publisher, ReadBuffer, SubscribeSpec, Subscriber, closed_error, is_timeout, open,
+    protocol_error, read_until,
 };
 use crate::bench::AckArg;
 use crate::client::{Client, ClientError};
@@ -28,7 +28,9 @@ impl PubsubPublisher {
 
 impl Publisher for PubsubPublisher {
     fn queue(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
-        self.client.queue_publish(topic, payload).map_err(client_error)
+        self.client
+            .queue_publish(topic, payload)
+            .map_err(client_error)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -67,7 +69,7 @@ pub struct PubsubSubscriber {
 }
 
 impl PubsubSubscriber {
-    /// Connects, says HELLO and subscribes to every topic in `spec` with subscription
+    /// Connects, sends HELLO and subscribes to every topic in `spec` with subscription
     /// ids 1, 2, …; returns once every SUBSCRIBED has arrived.
     pub fn connect(addr: SocketAddr, spec: &SubscribeSpec) -> io::Result<Self> {
         let stream = open(addr)?;
@@ -123,12 +125,12 @@ impl PubsubSubscriber {
     /// only after every subscription is confirmed.
     fn wait_for<T>(
         &mut self,
-        what: &str,
+        awaited: &str,
         mut accept: impl FnMut(&Frame) -> io::Result<Option<T>>,
     ) -> io::Result<T> {
         let frames = &mut self.frames;
         let decoder = &mut self.decoder;
-        read_until(&mut self.stream, &mut self.input, what, |bytes| {
+        read_until(&mut self.stream, &mut self.input, awaited, |bytes| {
             frames.extend_from_slice(bytes);
             let used = bytes.len();
             while let Some(frame) = decoder
@@ -137,7 +139,7 @@ impl PubsubSubscriber {
             {
                 if let Frame::Error { code, message, .. } = &frame {
                     return Err(io::Error::other(format!(
-                        "the broker answered with an error while waiting for {what}: {code}: {}",
+                        "the broker returned an error while waiting for {awaited}: {code}: {}",
                         String::from_utf8_lossy(message)
                     )));
                 }
