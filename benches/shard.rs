@@ -145,6 +145,7 @@ fn shard_with_subscriber(topic: &TopicName, ack_mode: AckMode) -> (Shard, ConnAd
         },
         ack_timeout: Duration::from_secs(30),
         max_in_flight: u32::MAX,
+        max_in_flight_bytes: usize::MAX,
         consumer_idle_timeout: Duration::from_secs(300),
         window_messages: u32::MAX,
         window_bytes: u64::MAX,

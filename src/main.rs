@@ -60,6 +60,10 @@ struct ServeArgs {
     /// Default and maximum number of unacked messages per consumer.
     #[arg(long, default_value_t = 1000)]
     max_in_flight: u32,
+    /// Maximum payload bytes of unacked messages per consumer; one message is always
+    /// delivered even if it is larger.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    max_in_flight_bytes: usize,
     /// Time a durable consumer's cursor and unacked messages are kept after its
     /// connection closes.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -111,6 +115,7 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         retain_age: args.retain_age,
         ack_timeout: args.ack_timeout,
         max_in_flight: args.max_in_flight,
+        max_in_flight_bytes: args.max_in_flight_bytes,
         consumer_idle_timeout: args.consumer_idle_timeout,
         spin_before_park: args.spin_before_park,
     };

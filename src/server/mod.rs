@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub ack_timeout: Duration,
     /// Default and upper bound of unacked messages per consumer.
     pub max_in_flight: u32,
+    /// Maximum payload bytes of unacked messages per consumer; one message is always
+    /// allowed.
+    pub max_in_flight_bytes: usize,
     /// Time a durable consumer outlives its connection.
     pub consumer_idle_timeout: Duration,
     /// Time an idle executor busy-polls before sleeping; zero sleeps at once.
@@ -75,6 +78,7 @@ impl Default for ServerConfig {
             retain_age: Duration::from_secs(3600),
             ack_timeout: Duration::from_secs(30),
             max_in_flight: 1000,
+            max_in_flight_bytes: 8 * 1024 * 1024,
             consumer_idle_timeout: Duration::from_secs(300),
             spin_before_park: Duration::ZERO,
         }
@@ -130,9 +134,10 @@ impl ServerConfig {
             },
             ack_timeout: self.ack_timeout,
             max_in_flight: self.max_in_flight,
+            max_in_flight_bytes: self.max_in_flight_bytes,
             consumer_idle_timeout: self.consumer_idle_timeout,
             window_messages: 4096,
-            window_bytes: (4 * 1024 * 1024).max(self.max_payload as u64),
+            window_bytes: (1024 * 1024).max(self.max_payload as u64),
         }
     }
 

@@ -144,6 +144,9 @@ pub struct ShardConfig {
     pub ack_timeout: Duration,
     /// Default and upper bound of a consumer's unacked messages.
     pub max_in_flight: u32,
+    /// Maximum payload bytes of a consumer's unacked messages. One message is always
+    /// allowed, so a payload larger than this still gets delivered.
+    pub max_in_flight_bytes: usize,
     /// Time a durable consumer outlives its connection.
     pub consumer_idle_timeout: Duration,
     /// Maximum messages per subscription sent to a connection and not yet written.
@@ -657,7 +660,11 @@ impl Consumer {
         }
         let explicit = self.ack_mode == AckMode::Explicit;
         while self.window_open(config) && self.cursor < ring.next_seq() {
-            if explicit && self.retry.len() >= self.max_in_flight as usize {
+            if explicit
+                && !self.retry.is_empty()
+                && (self.retry.len() >= self.max_in_flight as usize
+                    || self.retry.bytes() >= config.max_in_flight_bytes)
+            {
                 break;
             }
             if self.cursor < ring.first_seq() {

@@ -23,12 +23,19 @@ pub struct RetryEntry {
 pub struct RetryBuffer {
     entries: BTreeMap<u64, RetryEntry>,
     deadlines: VecDeque<(Instant, u64)>,
+    /// Sum of the payload sizes of `entries`.
+    bytes: usize,
 }
 
 impl RetryBuffer {
     /// Returns the number of unacked messages.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Returns the sum of the unacked payload sizes, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Returns true when every delivered message has been acked.
@@ -38,7 +45,8 @@ impl RetryBuffer {
 
     /// Records a first delivery of `seq`, due for redelivery at `deadline`.
     pub fn insert(&mut self, seq: u64, message: StoredMessage, deadline: Instant) {
-        self.entries.insert(
+        self.bytes += message.payload.len();
+        let replaced = self.entries.insert(
             seq,
             RetryEntry {
                 message,
@@ -46,12 +54,21 @@ impl RetryBuffer {
                 deadline,
             },
         );
+        if let Some(old) = replaced {
+            self.bytes -= old.message.payload.len();
+        }
         self.deadlines.push_back((deadline, seq));
     }
 
     /// Removes `seq`; returns false when it was not in the buffer.
     pub fn ack(&mut self, seq: u64) -> bool {
-        self.entries.remove(&seq).is_some()
+        match self.entries.remove(&seq) {
+            Some(entry) => {
+                self.bytes -= entry.message.payload.len();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes every entry with a sequence number at or below `seq`; returns how many.
@@ -60,9 +77,12 @@ impl RetryBuffer {
             Some(next) => self.entries.split_off(&next),
             None => BTreeMap::new(),
         };
-        let removed = self.entries.len();
-        self.entries = kept;
-        removed
+        let removed = std::mem::replace(&mut self.entries, kept);
+        self.bytes -= removed
+            .values()
+            .map(|entry| entry.message.payload.len())
+            .sum::<usize>();
+        removed.len()
     }
 
     /// Moves the sequence numbers whose deadline is at or before `now` into `due`, in
@@ -134,8 +154,10 @@ mod tests {
         assert!(!retry.ack(3));
         assert_eq!(retry.ack_up_to(4), 3);
         assert_eq!(retry.sequence_numbers().collect::<Vec<_>>(), vec![5]);
+        assert_eq!(retry.bytes(), 1);
         assert_eq!(retry.ack_up_to(u64::MAX), 1);
         assert!(retry.is_empty());
+        assert_eq!(retry.bytes(), 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ fn config() -> ShardConfig {
         },
         ack_timeout: ACK_TIMEOUT,
         max_in_flight: 1000,
+        max_in_flight_bytes: 1 << 30,
         consumer_idle_timeout: Duration::from_secs(60),
         window_messages: 1 << 20,
         window_bytes: 1 << 30,
@@ -677,4 +678,32 @@ fn ack_below_start_is_unknown() {
         1,
         "message 6 stays unacked"
     );
+}
+
+#[test]
+fn in_flight_bytes_pause_delivery() {
+    let mut cfg = config();
+    cfg.max_in_flight_bytes = 5;
+    let mut h = Harness::new(cfg);
+    for payload in ["abc", "def", "ghijklmnop", "q"] {
+        h.publish("orders", payload);
+    }
+    let out = h.subscribe(1, StartPosition::Earliest, AckMode::Explicit);
+    assert_eq!(seqs(&out), vec![1, 2], "3 + 3 bytes reach the 5-byte limit");
+    let out = events(h.send(Request::AckUpTo {
+        from: CONN,
+        sub_id: 1,
+        seq: 2,
+    }));
+    assert_eq!(
+        seqs(&out),
+        vec![3],
+        "one message is allowed even above the limit"
+    );
+    let out = events(h.send(Request::Ack {
+        from: CONN,
+        sub_id: 1,
+        seq: 3,
+    }));
+    assert_eq!(seqs(&out), vec![4]);
 }
