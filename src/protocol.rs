@@ -138,6 +138,8 @@ pub enum ErrorCode {
     ShuttingDown = 13,
     /// The broker failed for a reason of its own.
     Internal = 14,
+    /// The connection fell too far behind reading its deliveries and is being closed.
+    SlowConsumer = 15,
 }
 
 impl ErrorCode {
@@ -158,6 +160,7 @@ impl ErrorCode {
             11 => HandshakeRequired,
             12 => InvalidArgument,
             13 => ShuttingDown,
+            15 => SlowConsumer,
             _ => Internal,
         }
     }
@@ -180,6 +183,7 @@ impl fmt::Display for ErrorCode {
             ErrorCode::InvalidArgument => "invalid argument",
             ErrorCode::ShuttingDown => "shutting down",
             ErrorCode::Internal => "internal error",
+            ErrorCode::SlowConsumer => "slow consumer",
         };
         f.write_str(name)
     }
@@ -608,8 +612,11 @@ fn decode_body(kind: u8, mut body: Bytes, max_payload: u32) -> Result<Frame, Dec
         HELLO => {
             let magic = reader.bytes(4).ok_or_else(|| malformed("missing magic"))?;
             if magic[..] != MAGIC {
-                return Err(DecodeError::fatal(
+                // The frame's length was sound, so the stream is still in sync; the
+                // connection closes this only when it is the handshake.
+                return Err(DecodeError::skipped(
                     ErrorCode::UnsupportedVersion,
+                    0,
                     "HELLO does not start with the magic bytes \"PSUB\"; this is not a \
                      pubsub client"
                         .into(),
@@ -960,15 +967,19 @@ mod tests {
     }
 
     #[test]
-    fn bad_magic_is_fatal() {
+    fn bad_magic_keeps_framing() {
         let mut buf = BytesMut::new();
         buf.put_u32_le(1 + 6);
         buf.put_u8(frame_type::HELLO);
         buf.put_slice(b"HTTP");
         buf.put_u16_le(1);
         let err = Decoder::new(1024).decode(&mut buf).unwrap_err();
-        assert!(err.fatal);
+        assert!(
+            !err.fatal,
+            "the length was sound, so the next frame can be read"
+        );
         assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+        assert!(buf.is_empty());
     }
 
     #[test]
@@ -1006,7 +1017,7 @@ mod tests {
     }
 
     fn error_code() -> impl Strategy<Value = ErrorCode> {
-        (1u16..=14).prop_map(ErrorCode::from_u16)
+        (1u16..=15).prop_map(ErrorCode::from_u16)
     }
 
     fn any_frame() -> impl Strategy<Value = Frame> {

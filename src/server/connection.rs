@@ -19,12 +19,22 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Minimum free space offered to each socket read.
-const READ_CHUNK: usize = 16 * 1024;
+/// Free space offered to each socket read. The read buffer grows by at most this much
+/// per read, so a client that announces a large frame and sends nothing more costs this
+/// much, not the announced size.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// Encoded output, in bytes, above which the reader stops reading from the socket until
 /// the writer catches up. Deliveries are bounded separately by each subscription's window.
 const OUTPUT_HIGH_WATER: usize = 8 * 1024 * 1024;
+
+/// Encoded output, in bytes, above which the connection is closed as a slow consumer.
+/// Only a client with many subscriptions that stops reading gets here, because each
+/// subscription's window bounds its own share.
+const OUTPUT_HARD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// A write that makes no progress for this long fails and closes the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Write buffers larger than this are released after use instead of kept for reuse.
 const KEPT_BUFFER_CAPACITY: usize = 1024 * 1024;
@@ -104,6 +114,10 @@ impl Connection {
                 delivery_count,
                 payload,
             } => {
+                if self.output.borrow().len() > OUTPUT_HARD_LIMIT {
+                    self.close_slow_consumer();
+                    return;
+                }
                 let mut subscriptions = self.subscriptions.borrow_mut();
                 let Some(state) = subscriptions.get_mut(&sub_id) else {
                     return;
@@ -190,6 +204,33 @@ impl Connection {
         self.output_ready.notify();
     }
 
+    /// Drops the queued output, which holds only whole frames, queues an error frame in
+    /// its place and closes the connection.
+    fn close_slow_consumer(&self) {
+        let queued = {
+            let mut output = self.output.borrow_mut();
+            let queued = output.len();
+            output.clear();
+            queued
+        };
+        tracing::warn!(
+            conn = self.addr.conn,
+            peer = %self.peer,
+            queued_bytes = queued,
+            "closing slow consumer: output above {OUTPUT_HARD_LIMIT} bytes"
+        );
+        self.queue_error(
+            ErrorCode::SlowConsumer,
+            0,
+            format!(
+                "the connection fell {queued} bytes behind (limit {OUTPUT_HARD_LIMIT}); \
+                 read faster or spread subscriptions over more connections"
+            ),
+        );
+        self.closed.set(true);
+        self.request_close();
+    }
+
     fn queue_frame(&self, frame: &Frame) {
         frame.encode(&mut self.output.borrow_mut());
         self.output_ready.notify();
@@ -244,12 +285,15 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::warn!(%peer, error = %err, "cannot set TCP_NODELAY");
     }
+    if let Err(err) = stream.set_write_timeout(Some(WRITE_TIMEOUT)) {
+        tracing::warn!(%peer, error = %err, "cannot set the write timeout");
+    }
     let connection = core.add_connection(|addr| Rc::new(Connection::new(addr, peer)));
     let conn = connection.addr.conn;
     tracing::debug!(shard = core.id, conn, %peer, "connection opened");
 
     let (reader, writer) = runtime::split(stream);
-    runtime::spawn(run_writer(core.clone(), connection.clone(), writer));
+    let writer = runtime::spawn_joinable(run_writer(core.clone(), connection.clone(), writer));
     let reason = run_reader(&core, &connection, reader).await;
 
     let subscriptions: Vec<(u32, SubscriptionState)> =
@@ -263,9 +307,12 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
             },
         );
     }
-    core.remove_connection(conn);
     connection.closed.set(true);
     connection.output_ready.notify();
+    // The connection stays registered until its writer has flushed, so that shutdown
+    // waits for the flush.
+    writer.await;
+    core.remove_connection(conn);
     let bad_frames = connection.bad_frames.get();
     tracing::debug!(shard = core.id, conn, %peer, reason, bad_frames, "connection closed");
 }
@@ -290,17 +337,17 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
             future::or(future::or(drained, space), stop).await;
         }
 
-        let wanted = decoder.bytes_wanted(&buffer).max(READ_CHUNK);
         let start = buffer.len();
-        buffer.resize(start + wanted, 0);
+        buffer.resize(start + READ_CHUNK, 0);
+        // Shutdown reaches readers through `request_close`; `is_stopping` covers a
+        // connection accepted just before shutdown began.
         let stop = connection.close_requested.listen();
-        let stop_all = core.stop.listen();
-        if core.is_stopping() {
+        if core.is_stopping() || connection.closed.get() {
             return "broker stopping";
         }
         let read = async { Some(reader.read(&mut buffer[start..]).await) };
         let stopped = async {
-            future::or(stop, stop_all).await;
+            stop.await;
             None
         };
         let timeout = async {
@@ -360,6 +407,12 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
                     }
                 }
             }
+        }
+
+        // A socket with data always has more to read, so without this the reader would
+        // starve the sender tasks that move its requests to other executors.
+        if core.has_queued_outbox() {
+            runtime::yield_now().await;
         }
     }
 }

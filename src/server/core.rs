@@ -33,6 +33,9 @@ pub type Batch = Vec<CoreMessage>;
 /// from their sockets until the sender tasks catch up.
 const OUTBOX_HIGH_WATER: usize = 16 * 1024;
 
+/// Payload bytes in one outbox above which connections on this executor stop reading.
+const OUTBOX_HIGH_WATER_BYTES: usize = 8 * 1024 * 1024;
+
 /// One executor's shard, connections and outboxes.
 pub struct Core {
     /// This executor's index in the mesh, which is also the id of the shard it owns.
@@ -45,6 +48,8 @@ pub struct Core {
     connections: RefCell<HashMap<u64, Rc<Connection>>>,
     next_conn_id: Cell<u64>,
     outboxes: Vec<RefCell<Batch>>,
+    /// Payload bytes of publishes and deliveries in each outbox.
+    outbox_bytes: Vec<Cell<usize>>,
     outbox_ready: Vec<Notify>,
     /// Notified when a sender task empties an outbox.
     pub outbox_space: Notify,
@@ -66,6 +71,7 @@ impl Core {
             connections: RefCell::new(HashMap::new()),
             next_conn_id: Cell::new(1),
             outboxes: (0..shards).map(|_| RefCell::new(Vec::new())).collect(),
+            outbox_bytes: (0..shards).map(|_| Cell::new(0)).collect(),
             outbox_ready: (0..shards).map(|_| Notify::default()).collect(),
             outbox_space: Notify::default(),
             scratch: RefCell::new(Vec::new()),
@@ -118,11 +124,21 @@ impl Core {
         }
     }
 
-    /// Returns true while any outbox is over its high-water mark.
+    /// Returns true while any outbox is over its high-water mark in messages or bytes.
     pub fn outboxes_full(&self) -> bool {
         self.outboxes
             .iter()
-            .any(|outbox| outbox.borrow().len() > OUTBOX_HIGH_WATER)
+            .zip(&self.outbox_bytes)
+            .any(|(outbox, bytes)| {
+                outbox.borrow().len() > OUTBOX_HIGH_WATER || bytes.get() > OUTBOX_HIGH_WATER_BYTES
+            })
+    }
+
+    /// Returns true when any outbox holds messages that its sender task has not taken.
+    pub fn has_queued_outbox(&self) -> bool {
+        self.outboxes
+            .iter()
+            .any(|outbox| !outbox.borrow().is_empty())
     }
 
     /// Returns true once shutdown has begun.
@@ -162,6 +178,16 @@ impl Core {
     }
 
     fn push_outbox(&self, peer: usize, message: CoreMessage) {
+        let payload_len = match &message {
+            CoreMessage::Request(Request::Publish { payload, .. }) => payload.len(),
+            CoreMessage::Event {
+                event: Event::Message { payload, .. },
+                ..
+            } => payload.len(),
+            _ => 0,
+        };
+        let bytes = &self.outbox_bytes[peer];
+        bytes.set(bytes.get() + payload_len);
         let mut outbox = self.outboxes[peer].borrow_mut();
         outbox.push(message);
         if outbox.len() == 1 {
@@ -179,7 +205,9 @@ impl Core {
                 ready.await;
                 continue;
             }
-            self.outbox_space.notify();
+            // The batch's bytes stay counted until the channel has taken it, so readers
+            // keep pausing while the peer is behind.
+            let sent_bytes = self.outbox_bytes[peer].get();
             if senders.send_to(peer, batch).await.is_err() {
                 // The peer's receiver is gone, which happens only while the broker
                 // shuts down.
@@ -190,6 +218,9 @@ impl Core {
                 );
                 return;
             }
+            let bytes = &self.outbox_bytes[peer];
+            bytes.set(bytes.get().saturating_sub(sent_bytes));
+            self.outbox_space.notify();
         }
     }
 

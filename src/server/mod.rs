@@ -16,18 +16,23 @@ use core::{Batch, Core};
 use runtime::Pinning;
 use std::cell::RefCell;
 use std::fmt;
-use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-/// Capacity of each cross-core channel, in batches.
-const MESH_CAPACITY: usize = 256;
+/// Capacity of each cross-core channel, in batches. A batch holds everything queued for
+/// the peer since the previous send, so a few suffice; with readers pausing at 8 MiB of
+/// queued payload, this bounds a channel to about 128 MiB.
+const MESH_CAPACITY: usize = 16;
 
 /// Time allowed for every executor to start listening.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Upper bound of the ack and idle timeouts, far beyond any real use and far below the
+/// range where adding it to the current time could overflow.
+const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Time connections get to flush their output during shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -116,8 +121,23 @@ impl ServerConfig {
         if self.retain_messages == 0 {
             return invalid("retain-messages is 0; retain at least 1 message".into());
         }
-        if self.ack_timeout.is_zero() {
-            return invalid("ack timeout is 0; use at least 1 ms".into());
+        if self.ack_timeout.is_zero() || self.ack_timeout > MAX_TIMEOUT {
+            return invalid(format!(
+                "ack timeout is {:?}; use 1 ms to 7 days",
+                self.ack_timeout
+            ));
+        }
+        if self.consumer_idle_timeout > MAX_TIMEOUT {
+            return invalid(format!(
+                "consumer idle timeout is {:?}; use at most 7 days",
+                self.consumer_idle_timeout
+            ));
+        }
+        if self.spin_before_park > Duration::from_secs(1) {
+            return invalid(format!(
+                "spin before park is {:?}; use at most 1 s",
+                self.spin_before_park
+            ));
         }
         if self.max_in_flight == 0 {
             return invalid("max in-flight is 0; allow at least 1 unacked message".into());
@@ -346,18 +366,25 @@ impl Drop for Server {
     }
 }
 
-/// Fails when another process already listens on `addr`. Executors bind with
-/// SO_REUSEPORT, which would otherwise share the port with that process silently.
+/// Fails when something already accepts connections on `addr`. Executors bind with
+/// SO_REUSEPORT, which would otherwise share the port with another broker silently.
+///
+/// A connection attempt, unlike a test bind, is not blocked by the TIME_WAIT sockets
+/// that a broker stopped moments ago leaves behind.
 fn check_address_free(addr: SocketAddr) -> Result<(), ServerError> {
     if addr.port() == 0 {
         return Ok(());
     }
-    match std::net::TcpListener::bind(addr) {
-        Ok(_probe) => Ok(()),
-        Err(err) if err.kind() == io::ErrorKind::AddrInUse => Err(ServerError::AddressInUse(addr)),
-        Err(err) => Err(ServerError::Startup(format!(
-            "cannot listen on {addr}: {err}"
-        ))),
+    let mut target = addr;
+    if target.ip().is_unspecified() {
+        target.set_ip(match addr {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    match std::net::TcpStream::connect_timeout(&target, Duration::from_millis(500)) {
+        Ok(_) => Err(ServerError::AddressInUse(addr)),
+        Err(_) => Ok(()),
     }
 }
 
@@ -485,6 +512,8 @@ async fn listen(
 }
 
 async fn accept_until_stopped(core: &Rc<Core>, listener: &runtime::TcpListener) {
+    let mut last_logged: Option<std::time::Instant> = None;
+    let mut suppressed = 0u64;
     loop {
         let stop = core.stop.listen();
         if core.is_stopping() {
@@ -499,8 +528,16 @@ async fn accept_until_stopped(core: &Rc<Core>, listener: &runtime::TcpListener) 
             None => return,
             Some(Ok(stream)) => runtime::spawn(connection::serve(core.clone(), stream)),
             Some(Err(err)) => {
-                // Typically EMFILE: back off briefly instead of spinning.
-                tracing::warn!(shard = core.id, error = %err, "accept failed");
+                // Typically EMFILE: back off briefly instead of spinning, and log at most
+                // once a second with the count of failures not logged.
+                let now = std::time::Instant::now();
+                if last_logged.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                    tracing::warn!(shard = core.id, error = %err, suppressed, "accept failed");
+                    last_logged = Some(now);
+                    suppressed = 0;
+                } else {
+                    suppressed += 1;
+                }
                 runtime::sleep(Duration::from_millis(10)).await;
             }
         }

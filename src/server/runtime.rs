@@ -140,6 +140,16 @@ pub fn spawn<F: Future<Output = ()> + 'static>(future: F) {
     glommio::spawn_local(future).detach();
 }
 
+/// Spawns a task on the current executor and returns a handle that completes with it.
+pub fn spawn_joinable<F: Future<Output = ()> + 'static>(future: F) -> glommio::Task<()> {
+    glommio::spawn_local(future)
+}
+
+/// Lets every other ready task on this executor run before this one continues.
+pub async fn yield_now() {
+    glommio::executor().yield_now().await
+}
+
 /// Sleeps on the current executor's timer.
 pub async fn sleep(duration: Duration) {
     glommio::timer::sleep(duration).await

@@ -195,6 +195,9 @@ struct Consumer {
     cursor: u64,
     /// The cursor when the consumer was created; nothing below it was delivered.
     start_seq: u64,
+    /// Messages with an older timestamp are skipped: the `time:T` start, for messages
+    /// published after the subscription but stamped before T. 0 for other starts.
+    min_timestamp: u64,
     retry: RetryBuffer,
     /// Unacked sequence numbers waiting to be sent again.
     redeliver: VecDeque<u64>,
@@ -419,6 +422,10 @@ impl Shard {
                     max_in_flight,
                     cursor,
                     start_seq: cursor,
+                    min_timestamp: match spec.start {
+                        StartPosition::Time(nanos) => nanos,
+                        _ => 0,
+                    },
                     retry: RetryBuffer::default(),
                     redeliver: VecDeque::new(),
                     window_messages: 0,
@@ -684,6 +691,10 @@ impl Consumer {
             let Some(message) = ring.get(self.cursor) else {
                 break;
             };
+            if message.timestamp < self.min_timestamp {
+                self.cursor += 1;
+                continue;
+            }
             let event = Event::Message {
                 sub_id,
                 seq: self.cursor,

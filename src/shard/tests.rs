@@ -707,3 +707,20 @@ fn in_flight_bytes_pause_delivery() {
     }));
     assert_eq!(seqs(&out), vec![4]);
 }
+
+#[test]
+fn future_time_start_skips_older_messages() {
+    let mut h = Harness::new(config());
+    h.publish_many("orders", 2);
+    let start = h.wall + 10_000;
+    let out = h.subscribe(1, StartPosition::Time(start), AckMode::None);
+    assert!(seqs(&out).is_empty());
+    let out = events(h.publish("orders", "before"));
+    assert!(
+        seqs(&out).is_empty(),
+        "stamped before the start time: {out:?}"
+    );
+    h.wall = start;
+    let out = events(h.publish("orders", "at"));
+    assert_eq!(seqs(&out), vec![4]);
+}
