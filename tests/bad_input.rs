@@ -461,6 +461,35 @@ fn second_hello_is_rejected() {
 }
 
 #[test]
+fn bad_magic_after_handshake_continues() {
+    let server = start_broker(2, |_| {});
+    let bystander = Bystander::start(&server, "bystander");
+    let (mut raw, _) = RawConnection::handshake(&server);
+
+    // Before the handshake this HELLO closes the connection (see `bad_hello_closes`).
+    // After it, the frame's length is sound, so the broker skips it and carries on.
+    let mut bad_magic = b"HTTP".to_vec();
+    bad_magic.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    raw.send_bytes(&frame_bytes(frame_type::HELLO, &bad_magic));
+    let (code, reference) = raw.expect_error();
+    assert_eq!(
+        code,
+        ErrorCode::UnsupportedVersion,
+        "HELLO with bad magic after the handshake"
+    );
+    assert_eq!(reference, 0, "an error about HELLO has reference 0");
+    raw.expect_pong(7);
+
+    raw.send_frame(&subscribe_frame(1, b"after-bad-magic", b""));
+    let frame = raw.expect_frame();
+    assert!(
+        matches!(frame, Frame::Subscribed { sub_id: 1, .. }),
+        "the connection still accepts requests after the bad HELLO: {frame:?}"
+    );
+    bystander.check(&server);
+}
+
+#[test]
 fn zero_length_frame_closes() {
     let server = start_broker(2, |_| {});
     let bystander = Bystander::start(&server, "bystander");

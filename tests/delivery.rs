@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn from(start: StartPosition) -> SubscribeOptions {
     SubscribeOptions {
@@ -449,6 +449,71 @@ fn start_time_finds_first_at_or_after() {
     );
     assert_eq!(future.next_seq, 6, "a time after every message starts live");
     assert_quiet(&mut client, Duration::from_millis(200));
+}
+
+/// Returns the wall-clock time in nanoseconds since the Unix epoch, the clock the broker
+/// stamps messages with.
+fn wall_clock_nanos() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the system clock is after 1970");
+    u64::try_from(since_epoch.as_nanos()).expect("the time fits in u64 nanoseconds")
+}
+
+#[test]
+fn start_time_in_future_waits() {
+    let server = start_broker(2, |_| {});
+    let mut subscriber = connect(&server);
+    let mut publisher = connect(&server);
+    let start = wall_clock_nanos() + Duration::from_secs(2).as_nanos() as u64;
+    let subscription = subscribe(&mut subscriber, "future", from(StartPosition::Time(start)));
+    assert_eq!(
+        subscription.next_seq, 1,
+        "a future start on an empty topic reads from sequence number 1"
+    );
+
+    let early = publish_confirmed_all(&mut publisher, "future", &["early-1", "early-2", "early-3"]);
+    for published in &early {
+        assert!(
+            published.timestamp < start,
+            "precondition: message {} was stamped {} ns, not before the start {start} ns; \
+             publishing took more than 2 s",
+            published.seq,
+            published.timestamp
+        );
+    }
+    assert_quiet(&mut subscriber, Duration::from_millis(300));
+
+    // Wait on the same clock as the broker until the start has passed.
+    poll_until(
+        "the wall clock passes the start time",
+        Duration::from_millis(20),
+        || (wall_clock_nanos() > start).then_some(()),
+    );
+    let late = publisher
+        .publish_confirmed("future", b"late")
+        .expect("publish after the start is confirmed");
+    assert!(
+        late.timestamp >= start,
+        "precondition: the message published after the start was stamped {} ns, before it",
+        late.timestamp
+    );
+    let messages = expect_messages(&mut subscriber, 1);
+    assert_eq!(
+        seqs(&messages),
+        vec![late.seq],
+        "only the message stamped at or after the start is delivered"
+    );
+    assert_eq!(
+        payloads(&messages),
+        vec!["late".to_owned()],
+        "the delivered message is the late one"
+    );
+    assert_eq!(
+        messages[0].sub_id, subscription.sub_id,
+        "the message carries the subscription id"
+    );
+    assert_quiet(&mut subscriber, Duration::from_millis(100));
 }
 
 #[test]

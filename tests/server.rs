@@ -1,12 +1,13 @@
-//! Starting and stopping the broker: configuration checks, a taken address, and graceful
-//! shutdown with idle, silent, busy and stalled connections.
+//! Starting and stopping the broker: configuration checks, a taken address, a restart on
+//! the same port, and graceful shutdown with idle, silent, busy and stalled connections.
 
 mod common;
 
 use common::*;
 use pubsub::client::{Client, ClientError, SubscribeOptions};
+use pubsub::protocol::{Frame, frame_type};
 use pubsub::server::{Server, ServerConfig, ServerError};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::thread;
 use std::time::Duration;
 
@@ -22,6 +23,23 @@ fn assert_closed<T: std::fmt::Debug>(result: Result<T, ClientError>, client_name
         closed,
         "the {client_name} must see the connection closed, got {result:?}"
     );
+}
+
+/// Returns a configuration with two unpinned shards listening on `addr`.
+fn config_on(addr: SocketAddr) -> ServerConfig {
+    ServerConfig {
+        listen: addr,
+        cores: 2,
+        pin: false,
+        ..ServerConfig::default()
+    }
+}
+
+/// Returns a loopback address whose port was free when this function returned. Nothing
+/// reserves the port afterwards.
+fn free_loopback_addr() -> SocketAddr {
+    let probe = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    probe.local_addr().expect("read the bound address")
 }
 
 #[test]
@@ -79,6 +97,140 @@ fn taken_address_is_rejected() {
         "expected AddressInUse({addr}), got {:?}",
         result.as_ref().err()
     );
+}
+
+#[test]
+fn running_broker_port_is_rejected() {
+    let server = start_broker(2, |_| {});
+    let addr = server.local_addr();
+    let result = Server::start(config_on(addr));
+    assert!(
+        matches!(result, Err(ServerError::AddressInUse(taken)) if taken == addr),
+        "a second broker on the port of a running one: expected AddressInUse({addr}), got {:?}",
+        result.as_ref().err()
+    );
+    let mut client = connect(&server);
+    client
+        .ping()
+        .expect("the running broker still serves after the rejected start");
+}
+
+#[test]
+fn restart_on_same_port() {
+    let addr = free_loopback_addr();
+    let first = Server::start(config_on(addr)).expect("the first broker starts on a free port");
+    let mut subscriber = connect(&first);
+    subscribe(
+        &mut subscriber,
+        "before-restart",
+        SubscribeOptions::default(),
+    );
+    let mut publisher = connect(&first);
+    for i in 1..=20 {
+        publisher
+            .publish_confirmed("before-restart", format!("{i}").as_bytes())
+            .expect("publish to the first broker is confirmed");
+    }
+    let messages = expect_messages(&mut subscriber, 20);
+    assert_eq!(
+        seqs(&messages),
+        (1..=20).collect::<Vec<u64>>(),
+        "the first broker delivers before the shutdown"
+    );
+
+    first.shutdown().expect("the first broker stops cleanly");
+    // The broker closed first, so once the subscriber closes its end the broker's end of
+    // that connection goes to TIME_WAIT. The publisher keeps its end open, so the
+    // broker's end of that connection stays in FIN_WAIT2. Both sockets are still bound
+    // to the port.
+    assert_closed(subscriber.recv_timeout(TIMEOUT), "subscriber");
+    drop(subscriber);
+
+    let second = Server::start(config_on(addr)).unwrap_or_else(|err| {
+        panic!("a broker must start on {addr} right after the previous one stopped: {err}")
+    });
+    assert_eq!(
+        second.local_addr(),
+        addr,
+        "the second broker listens on the same address"
+    );
+    let mut subscriber = connect(&second);
+    let subscription = subscribe(
+        &mut subscriber,
+        "after-restart",
+        SubscribeOptions::default(),
+    );
+    let mut new_publisher = connect(&second);
+    let published = new_publisher
+        .publish_confirmed("after-restart", b"after")
+        .expect("publish to the second broker is confirmed");
+    assert_eq!(
+        published.seq, 1,
+        "the second broker starts with empty topics"
+    );
+    let messages = expect_messages(&mut subscriber, 1);
+    assert_eq!(
+        messages[0].sub_id, subscription.sub_id,
+        "the message carries the subscription id"
+    );
+    assert_eq!(
+        payloads(&messages),
+        vec!["after".to_owned()],
+        "the second broker delivers the message"
+    );
+
+    drop(publisher);
+    second.shutdown().expect("the second broker stops cleanly");
+}
+
+#[test]
+fn unfinished_max_frame_blocks_nobody() {
+    let server = start_broker(2, |_| {});
+    let bystander = Bystander::start(&server, "bystander");
+    // Each connection announces a PUBLISH of the maximum frame size, sends only the
+    // 5-byte header and then nothing. With four such connections both executors most
+    // likely serve one, because the kernel spreads connections over the listeners.
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let (mut raw, hello_ok) = RawConnection::handshake(&server);
+        let Frame::HelloOk { max_frame, .. } = hello_ok else {
+            unreachable!("handshake returns HELLO_OK")
+        };
+        let mut header = max_frame.to_le_bytes().to_vec();
+        header.push(frame_type::PUBLISH);
+        raw.send_bytes(&header);
+        stalled.push(raw);
+    }
+    for raw in &mut stalled {
+        let reply = raw.next_frame(Duration::from_millis(100));
+        assert!(
+            matches!(reply, Ok(None)),
+            "the broker waits for the rest of a frame within the limit without replying, \
+             got {reply:?}"
+        );
+    }
+
+    let mut subscriber = connect(&server);
+    let subscription = subscribe(
+        &mut subscriber,
+        "beside-stalled",
+        SubscribeOptions::default(),
+    );
+    let mut publisher = connect(&server);
+    publisher
+        .publish_confirmed("beside-stalled", b"m")
+        .expect("a publish beside the unfinished frames is confirmed");
+    let messages = expect_messages(&mut subscriber, 1);
+    assert_eq!(
+        messages[0].sub_id, subscription.sub_id,
+        "the message beside the unfinished frames reaches its subscription"
+    );
+
+    drop(stalled);
+    bystander.check(&server);
+    server
+        .shutdown()
+        .expect("the broker stops cleanly after the unfinished frames were abandoned");
 }
 
 #[test]
