@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-/// Messages a full ring buffer holds: the broker's default --retain-messages.
+/// Messages in a full ring buffer: the broker's default --retain-messages.
 const RING_CAPACITY: usize = 10_000;
 
 fn stored(timestamp: u64) -> StoredMessage {

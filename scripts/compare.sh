@@ -2,7 +2,8 @@
 # Runs the same scenarios against pubsub, nats-server, redis-server and the built-in
 # relay (`pubsub bench relay-server`, which forwards bytes and does no broker work: the
 # floor of this machine), and prints one markdown table with each figure and its ratio to
-# pubsub's.
+# pubsub's. pubsub runs twice: with its defaults, and as pubsub-spin50 with
+# --spin-before-park 50us, which keeps an idle executor polling for 50 µs before it sleeps.
 #
 # Like is compared with like: pubsub without acks against core NATS and Redis pub/sub,
 # which are at-most-once. Explicit acks and replay exist only in pubsub; their rows show
@@ -117,6 +118,8 @@ wait_for_port() {
 }
 
 declare -A addr pid
+# The protocol each system speaks.
+declare -A protocol_of=([pubsub]=pubsub [pubsub-spin50]=pubsub [nats]=nats [redis]=redis [relay]=relay)
 stop_all() {
   local name
   for name in "${!pid[@]}"; do
@@ -144,6 +147,9 @@ start() {
 port=$(free_port)
 start pubsub "$bin" serve --listen "127.0.0.1:$port" --cores 1 "${broker_pin[@]}"
 port=$(free_port)
+start pubsub-spin50 "$bin" serve --listen "127.0.0.1:$port" --cores 1 "${broker_pin[@]}" \
+  --spin-before-park 50us
+port=$(free_port)
 start nats env GOMAXPROCS=1 nats-server -a 127.0.0.1 -p "$port"
 port=$(free_port)
 start redis redis-server --bind 127.0.0.1 --port "$port" --save "" --appendonly no
@@ -157,7 +163,7 @@ start relay "$bin" bench relay-server --listen "127.0.0.1:$port"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
   echo "cpus: $ncpu CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
   echo "kernel: $(uname -r)"
-  echo "nats-server: $(nats-server --version 2>&1 | head -1)"
+  echo "nats-server: $(nats-server --version 2>&1 | head -1 | sed 's/^nats-server: //')"
   echo "redis-server: $(redis-server --version 2>&1 | head -1)"
   echo "placement: $placement"
 } | tee "$out/environment.txt"
@@ -176,7 +182,7 @@ run() {
   local system=$1 scenario=$2 round=$3 name=$4
   shift 4
   local file="$out/$name-$system-$round"
-  local protocol=$system
+  local protocol=${protocol_of[$system]}
   echo "-- $name, $system, round $round"
   if "${generator_cmd[@]}" "$bin" bench "$scenario" --server "${addr[$system]}" \
     --protocol "$protocol" --label "$system" --name "$name" --json "$file.json" "$@" \
@@ -191,7 +197,7 @@ run() {
   return 0
 }
 
-systems=(pubsub nats redis relay)
+systems=(pubsub pubsub-spin50 nats redis relay)
 lat=(--rate "$lat_rate" --payload 64 --duration "$lat_duration" --warmup "$lat_warmup")
 for round in $(seq 1 "$repeat"); do
   for system in "${systems[@]}"; do
@@ -225,7 +231,7 @@ done
 {
   echo "Command: \`scripts/compare.sh$([ "$quick" = 1 ] && echo ' --quick') --repeat $repeat\`, $(date -u +%Y-%m-%d)."
   echo "Machine: $(sed -n 's/^cpu: //p' "$out/environment.txt"), $(sed -n 's/^cpus: //p' "$out/environment.txt"); $placement."
-  echo "Peers: $(sed -n 's/^nats-server: //p' "$out/environment.txt"), redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')."
+  echo "Peers: nats-server $(sed -n 's/^nats-server: //p' "$out/environment.txt"), redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/')."
   echo "Noise floor (\`pubsub bench jitter\`, $jitter_time per CPU): the server CPU was not running a spinning thread for $(sed -n 's/.*"stalled_percent": \([0-9.]*\).*/\1/p' "$out/jitter-server-cpu.json" | cut -c1-4)% of the time (max gap $(sed -n 's/.*"max_gap_us": \([0-9]*\).*/\1/p' "$out/jitter-server-cpu.json") µs), the generator CPU for $(sed -n 's/.*"stalled_percent": \([0-9.]*\).*/\1/p' "$out/jitter-generator-cpu.json" | cut -c1-4)% (max gap $(sed -n 's/.*"max_gap_us": \([0-9]*\).*/\1/p' "$out/jitter-generator-cpu.json") µs)."
   echo
   "$bin" bench table --baseline pubsub "${summaries[@]}"
@@ -234,6 +240,8 @@ done
   echo "nats-server (core NATS) and redis-server (pub/sub) deliver at most once and keep no"
   echo "messages: they have no acks and no replay, so those rows are pubsub's alone. The relay"
   echo "routes no topics and keeps nothing; it is the floor of the sockets and the generator."
+  echo "pubsub-spin50 is pubsub with --spin-before-park 50us: an idle executor polls for 50 µs"
+  echo "before it sleeps, which shortens its wake-up and costs CPU time while idle."
 } | tee "$out/compare.md"
 
 if [ ${#failures[@]} -gt 0 ]; then

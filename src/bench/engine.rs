@@ -227,13 +227,13 @@ fn make_plan(
     pacing: Pacing,
 ) -> Result<Plan, Box<dyn Error>> {
     validate_connection(&connection)?;
-    for (what, value) in [
+    for (option, value) in [
         ("--publishers", fan.publishers),
         ("--subscribers", fan.subscribers),
         ("--topics", fan.topics),
     ] {
         if value == 0 || value > u16::MAX as usize {
-            return Err(format!("{what} is {value}; use 1 to {}", u16::MAX).into());
+            return Err(format!("{option} is {value}; use 1 to {}", u16::MAX).into());
         }
     }
     let protocol = connection.protocol;

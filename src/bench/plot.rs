@@ -63,10 +63,10 @@ pub fn parse_hgrm(text: &str) -> Result<Curve, String> {
             continue;
         }
         let mut fields = line.split_whitespace();
-        let parse = |field: Option<&str>, what: &str| -> Result<f64, String> {
+        let parse = |field: Option<&str>, column: &str| -> Result<f64, String> {
             field
                 .and_then(|f| f.parse::<f64>().ok())
-                .ok_or_else(|| format!("line {}: invalid {what} in {line:?}", number + 1))
+                .ok_or_else(|| format!("line {}: invalid {column} in {line:?}", number + 1))
         };
         let value = parse(fields.next(), "value")?;
         let quantile = parse(fields.next(), "percentile")?;

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 /// Bound on connecting and on each handshake or subscription confirmation.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest a subscriber's `poll` blocks, so that its thread notices the end of a run.
+/// Maximum time a subscriber's `poll` blocks, so that its thread notices the end of a run.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A publisher's write buffer is written out once it holds this many bytes.
+/// A publisher's write buffer is written out once it contains this many bytes.
 pub const WRITE_CHUNK: usize = 64 * 1024;
 
 /// Minimum free space offered to each socket read.
@@ -51,13 +51,13 @@ pub trait Subscriber: Send {
 /// Reports from the server besides messages, counted over a subscriber's life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Notices {
-    /// Messages the server said it could not deliver (pubsub GAP frames).
+    /// Messages the server reported as not deliverable (pubsub GAP frames).
     pub gap_messages: u64,
     /// Error replies.
     pub errors: u64,
 }
 
-/// What a subscriber subscribes to, and how it acks.
+/// A subscriber's topics, start position and ack settings.
 #[derive(Debug, Clone)]
 pub struct SubscribeSpec {
     pub topics: Vec<String>,
@@ -133,10 +133,10 @@ fn is_timeout(err: &io::Error) -> bool {
     )
 }
 
-fn closed_error(what: &str) -> io::Error {
+fn closed_error(connection: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::UnexpectedEof,
-        format!("the server closed the {what} connection"),
+        format!("the server closed the {connection} connection"),
     )
 }
 
@@ -144,11 +144,11 @@ fn protocol_error(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-fn timeout_error(what: &str) -> io::Error {
+fn timeout_error(awaited: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         format!(
-            "timed out after {} s waiting for {what}",
+            "timed out after {} s waiting for {awaited}",
             CONNECT_TIMEOUT.as_secs()
         ),
     )
@@ -211,7 +211,7 @@ impl ReadBuffer {
 fn read_until<T>(
     stream: &mut TcpStream,
     buffer: &mut ReadBuffer,
-    what: &str,
+    awaited: &str,
     mut parse: impl FnMut(&[u8]) -> io::Result<(usize, Option<T>)>,
 ) -> io::Result<T> {
     let deadline = Instant::now() + CONNECT_TIMEOUT;
@@ -227,10 +227,17 @@ fn read_until<T>(
             }
         }
         if Instant::now() >= deadline {
-            return Err(timeout_error(what));
+            return Err(timeout_error(awaited));
         }
         match buffer.read_from(stream) {
-            Ok(0) => return Err(closed_error(what)),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the server closed the connection while the generator waited for {awaited}"
+                    ),
+                ));
+            }
             Ok(_) => {}
             Err(err) if is_timeout(&err) => {}
             Err(err) => return Err(err),
@@ -239,8 +246,8 @@ fn read_until<T>(
 }
 
 /// Spawns a thread that reads and discards what the server sends on a publisher
-/// connection, so replies never fill the socket; it calls `inspect` on each chunk and
-/// ends when the connection closes.
+/// connection, so that replies never fill the socket. The thread calls `inspect` on each
+/// chunk and ends when the connection closes.
 fn spawn_drain(
     stream: &TcpStream,
     name: &str,

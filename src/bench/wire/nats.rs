@@ -150,7 +150,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-/// Reads INFO, sends CONNECT (and whatever `extra` holds) and a PING, and waits for the
+/// Reads INFO, sends CONNECT, the commands in `extra` and a PING, and waits for the
 /// PONG, which confirms that the server has handled everything before it.
 fn handshake(stream: &mut TcpStream, input: &mut ReadBuffer, extra: &[u8]) -> io::Result<()> {
     read_until(stream, input, "the NATS INFO line", |bytes| {
