@@ -59,6 +59,10 @@ pub struct Connection {
     closed: Cell<bool>,
     close_requested: Notify,
     bad_frames: Cell<u64>,
+    /// The topic of the previous publish, validated, in its own allocation, with its
+    /// owning shard. Publishers usually repeat a topic, which then skips validation and
+    /// hashing, and requests never hold a slice of the read buffer.
+    last_topic: RefCell<Option<(TopicName, usize)>>,
 }
 
 /// The connection's view of one of its subscriptions.
@@ -93,6 +97,32 @@ impl Connection {
             closed: Cell::new(false),
             close_requested: Notify::default(),
             bad_frames: Cell::new(0),
+            last_topic: RefCell::new(None),
+        }
+    }
+
+    /// Validates a publish's topic and finds its owner, or answers INVALID_TOPIC.
+    fn resolve_topic(
+        &self,
+        core: &Core,
+        raw: &Bytes,
+        request_id: u64,
+    ) -> Option<(TopicName, usize)> {
+        if let Some((topic, owner)) = &*self.last_topic.borrow() {
+            if topic.as_bytes()[..] == raw[..] {
+                return Some((topic.clone(), *owner));
+            }
+        }
+        match TopicName::new(Bytes::copy_from_slice(raw)) {
+            Ok(topic) => {
+                let owner = shard_for(topic.as_bytes(), core.shards);
+                *self.last_topic.borrow_mut() = Some((topic.clone(), owner));
+                Some((topic, owner))
+            }
+            Err(err) => {
+                self.reject_input(ErrorCode::InvalidTopic, request_id, err.to_string());
+                None
+            }
         }
     }
 
@@ -384,6 +414,8 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
         };
         buffer.truncate(start + read);
 
+        // Every request decoded from this read shares one reading of the clocks.
+        let clock = core.freeze_clock();
         loop {
             match decoder.decode(&mut buffer) {
                 Ok(Some(frame)) => {
@@ -408,6 +440,8 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
                 }
             }
         }
+
+        drop(clock);
 
         // A socket with data always has more to read, so without this the reader would
         // starve the sender tasks that move its requests to other executors.
@@ -465,14 +499,9 @@ fn handle_frame(core: &Core, connection: &Connection, frame: Frame) {
             topic,
             payload,
         } => {
-            let topic = match TopicName::new(topic) {
-                Ok(topic) => topic,
-                Err(err) => {
-                    connection.reject_input(ErrorCode::InvalidTopic, request_id, err.to_string());
-                    return;
-                }
+            let Some((topic, owner)) = connection.resolve_topic(core, &topic, request_id) else {
+                return;
             };
-            let owner = shard_for(topic.as_bytes(), core.shards);
             // The one copy of the payload: out of the read buffer into its own allocation,
             // shared from here on by the ring buffer, retry buffers and deliveries.
             let payload = Bytes::copy_from_slice(&payload);

@@ -56,6 +56,8 @@ pub struct Core {
     /// Reused for each local call into the shard, so a publish allocates no event vector.
     scratch: RefCell<Output>,
     stopping: Cell<bool>,
+    /// Clock readings shared by a batch of requests; see [`Core::freeze_clock`].
+    frozen_clock: Cell<Option<(Instant, u64)>>,
     /// Notified once when the executor begins to shut down.
     pub stop: Notify,
 }
@@ -76,6 +78,7 @@ impl Core {
             outbox_space: Notify::default(),
             scratch: RefCell::new(Vec::new()),
             stopping: Cell::new(false),
+            frozen_clock: Cell::new(None),
             stop: Notify::default(),
         }
     }
@@ -113,15 +116,26 @@ impl Core {
     /// own shard, else queued for the peer.
     pub fn submit(&self, owner: usize, request: Request) {
         if owner == self.id as usize {
+            let (now, wall) = self
+                .frozen_clock
+                .get()
+                .unwrap_or_else(|| (Instant::now(), wall_clock_nanos()));
             let mut out = std::mem::take(&mut *self.scratch.borrow_mut());
-            self.shard
-                .borrow_mut()
-                .handle(request, Instant::now(), wall_clock_nanos(), &mut out);
+            self.shard.borrow_mut().handle(request, now, wall, &mut out);
             self.route(&mut out);
             *self.scratch.borrow_mut() = out;
         } else {
             self.push_outbox(owner, CoreMessage::Request(request));
         }
+    }
+
+    /// Reads both clocks once for the requests submitted until the returned guard drops.
+    /// A batch decoded from one socket read takes microseconds, so its messages may
+    /// share a timestamp; timestamps stay non-decreasing per topic either way.
+    pub fn freeze_clock(&self) -> FrozenClock<'_> {
+        self.frozen_clock
+            .set(Some((Instant::now(), wall_clock_nanos())));
+        FrozenClock(self)
     }
 
     /// Returns true while any outbox is over its high-water mark in messages or bytes.
@@ -262,6 +276,15 @@ impl Core {
     /// Returns the shard's counts.
     pub fn shard_stats(&self) -> crate::shard::ShardStats {
         self.shard.borrow().stats()
+    }
+}
+
+/// Keeps the executor's clock readings fixed while it lives; see [`Core::freeze_clock`].
+pub struct FrozenClock<'a>(&'a Core);
+
+impl Drop for FrozenClock<'_> {
+    fn drop(&mut self) {
+        self.0.frozen_clock.set(None);
     }
 }
 

@@ -90,7 +90,7 @@ where
     F: Future<Output = ()> + 'static,
 {
     let placement = match pinning {
-        Pinning::Pinned => PoolPlacement::MaxSpread(executors, None),
+        Pinning::Pinned => PoolPlacement::MaxSpread(executors, Some(allowed_cpus()?)),
         Pinning::Unpinned => PoolPlacement::Unbound(executors),
     };
     let mut builder = LocalExecutorPoolBuilder::new(placement)
@@ -104,6 +104,19 @@ where
         .on_all_shards(make_future)
         .map_err(|err| io::Error::other(format!("cannot start executors: {err}")))?;
     Ok(ExecutorHandles(handles))
+}
+
+/// Returns the online CPUs this process may run on. glommio's own placement chooses
+/// among all online CPUs, which would move a broker started under `taskset` off the CPUs
+/// it was given.
+fn allowed_cpus() -> io::Result<glommio::CpuSet> {
+    let online = glommio::CpuSet::online()
+        .map_err(|err| io::Error::other(format!("cannot read the online CPUs: {err}")))?;
+    let Some(allowed) = core_affinity::get_core_ids() else {
+        return Ok(online);
+    };
+    let allowed: Vec<usize> = allowed.into_iter().map(|core| core.id).collect();
+    Ok(online.filter(|location| allowed.contains(&location.cpu)))
 }
 
 /// The threads of a running executor pool.
