@@ -63,8 +63,7 @@ bin=target/release/pubsub
 
 # CPU placement. On a machine with more CPUs than broker shards, the broker gets the
 # first CPUs and the load generator the rest, so that neither steals the other's time.
-# The broker then runs with --no-pin, because its own pinning chooses among all online
-# CPUs and would ignore the taskset mask.
+# The broker pins its executors within the taskset mask it is started under.
 ncpu=$(nproc)
 have_taskset=0
 command -v taskset >/dev/null 2>&1 && have_taskset=1
@@ -81,8 +80,7 @@ plan_cpus() {
     [ "$shards" -eq $((ncpu - 1)) ] && generator_cpus=$shards
     broker_cmd=(taskset -c "$broker_cpus")
     generator_cmd=(taskset -c "$generator_cpus")
-    broker_pin_flag=(--no-pin)
-    placement="broker on CPU(s) $broker_cpus (taskset, --no-pin), generator on CPU(s) $generator_cpus (taskset)"
+    placement="broker pinned on CPU(s) $broker_cpus (taskset), generator on CPU(s) $generator_cpus (taskset)"
   elif [ "$shards" -le "$ncpu" ]; then
     placement="broker pinned one executor per CPU; generator shares the broker's $ncpu CPUs (no CPU left to separate them)"
   else

@@ -83,9 +83,7 @@ if command -v taskset >/dev/null 2>&1 && [ "$ncpu" -ge 2 ]; then
   server_cmd=(taskset -c 0)
   generator_cpus=$([ "$ncpu" -eq 2 ] && echo 1 || echo "1-$((ncpu - 1))")
   generator_cmd=(taskset -c "$generator_cpus")
-  # pubsub's own pinning chooses among all online CPUs and would ignore taskset.
-  broker_pin=(--no-pin)
-  placement="every server on CPU 0 (taskset; pubsub with --cores 1 --no-pin, nats-server with GOMAXPROCS=1), generator on CPU(s) $generator_cpus"
+  placement="every server on CPU 0 (taskset; pubsub with --cores 1, pinned, nats-server with GOMAXPROCS=1), generator on CPU(s) $generator_cpus"
 else
   placement="servers and generator share the machine's $ncpu CPU(s); no taskset"
 fi
