@@ -57,7 +57,7 @@ pub mod frame_type {
     pub const ERROR: u8 = 0x88;
 }
 
-/// Where a new subscription starts reading a topic.
+/// The start position of a new subscription in its topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartPosition {
     /// Only messages published after the subscription is confirmed.
@@ -96,7 +96,7 @@ impl StartPosition {
     }
 }
 
-/// How a subscription acknowledges messages.
+/// The acknowledgement mode of a subscription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckMode {
     /// At-most-once: a message counts as done once it is written to the connection.

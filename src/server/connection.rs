@@ -101,17 +101,17 @@ impl Connection {
         }
     }
 
-    /// Validates a publish's topic and finds its owner, or answers INVALID_TOPIC.
+    /// Validates a publish's topic and finds its owner, or sends INVALID_TOPIC.
     fn resolve_topic(
         &self,
         core: &Core,
         raw: &Bytes,
         request_id: u64,
     ) -> Option<(TopicName, usize)> {
-        if let Some((topic, owner)) = &*self.last_topic.borrow() {
-            if topic.as_bytes()[..] == raw[..] {
-                return Some((topic.clone(), *owner));
-            }
+        if let Some((topic, owner)) = &*self.last_topic.borrow()
+            && topic.as_bytes()[..] == raw[..]
+        {
+            return Some((topic.clone(), *owner));
         }
         match TopicName::new(Bytes::copy_from_slice(raw)) {
             Ok(topic) => {
@@ -451,7 +451,7 @@ async fn run_reader(core: &Core, connection: &Connection, mut reader: ReadHalf) 
     }
 }
 
-/// Answers the first frame; returns false when it is not a valid `HELLO`.
+/// Replies to the first frame; returns false when it is not a valid `HELLO`.
 fn handshake(core: &Core, connection: &Connection, frame: Frame) -> bool {
     match frame {
         Frame::Hello { version } if version == protocol::PROTOCOL_VERSION => {
@@ -489,8 +489,8 @@ fn handshake(core: &Core, connection: &Connection, frame: Frame) -> bool {
     }
 }
 
-/// Handles one frame after the handshake. Errors are answered with an error frame and
-/// the connection carries on.
+/// Handles one frame after the handshake. An error gets an error frame and the
+/// connection carries on.
 fn handle_frame(core: &Core, connection: &Connection, frame: Frame) {
     let from = connection.addr;
     match frame {

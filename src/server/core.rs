@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// What travels between executors.
+/// A message between executors.
 #[derive(Debug)]
 pub enum CoreMessage {
     /// For the shard of the receiving executor.

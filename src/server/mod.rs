@@ -161,7 +161,7 @@ impl ServerConfig {
         }
     }
 
-    /// The period of each shard's timer work (ack timeouts, age eviction, idle consumers):
+    /// Returns the period of each shard's timer work (ack timeouts, age eviction, idle consumers):
     /// a tenth of the ack timeout, between 5 ms and 100 ms.
     fn tick_interval(&self) -> Duration {
         (self.ack_timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100))
@@ -175,7 +175,7 @@ pub struct Limits {
     pub ack_timeout: Duration,
 }
 
-/// Why the broker could not start or stopped with a failure.
+/// A failure to start the broker, or a failure that stopped it.
 #[derive(Debug)]
 pub enum ServerError {
     /// A setting is out of range.
@@ -205,7 +205,7 @@ impl fmt::Display for ServerError {
 
 impl std::error::Error for ServerError {}
 
-/// Shared between the executor threads and whoever controls the broker.
+/// Stop and failure state, shared by the executor threads and the `Server` handle.
 #[derive(Debug, Default)]
 struct Control {
     stop_requested: AtomicBool,
@@ -410,7 +410,7 @@ fn install_panic_hook() {
     });
 }
 
-/// The whole life of one executor: join the mesh, listen, serve, stop.
+/// Runs one executor from start to end: join the mesh, listen, serve, stop.
 async fn run_executor(
     config: ServerConfig,
     control: Arc<Control>,

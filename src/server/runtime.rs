@@ -25,7 +25,7 @@ const IO_MEMORY: usize = 64 * 1024;
 /// Submission queue entries per io_uring ring.
 const RING_DEPTH: usize = 256;
 
-/// How executors are placed on CPUs.
+/// The placement of executors on CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pinning {
     /// One executor per CPU, spread over the machine's topology.
