@@ -15,7 +15,7 @@ pub const MAX_TOPIC_LEN: usize = 255;
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TopicName(Bytes);
 
-/// Why a topic name was rejected.
+/// A rejected topic name and the reason it was rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidTopic {
     /// The name as received, lossily decoded for display.

@@ -135,7 +135,7 @@ impl ExecutorHandles {
 }
 
 /// Creates the all-to-all channel mesh that carries batches between `peers` executors;
-/// each channel holds at most `capacity` batches.
+/// each channel buffers at most `capacity` batches.
 pub fn mesh<T: Send + 'static>(
     peers: usize,
     capacity: usize,
