@@ -12,8 +12,8 @@ use super::Limits;
 use super::connection::Connection;
 use super::runtime::{self, MeshReceivers, MeshSenders, Notify};
 use crate::shard::{ConnAddr, Event, Output, Request, Shard};
+use foldhash::{HashMap, HashMapExt};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 

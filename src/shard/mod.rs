@@ -20,7 +20,10 @@ use crate::topic::TopicName;
 use bytes::Bytes;
 use retry::RetryBuffer;
 use ring::{Retention, RingBuffer, StoredMessage};
-use std::collections::{HashMap, VecDeque};
+// foldhash is randomly seeded per map, so client-chosen topic names and subscription ids
+// cannot be picked to collide, and it hashes short keys several times faster than SipHash.
+use foldhash::{HashMap, HashMapExt};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
