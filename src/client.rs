@@ -455,6 +455,17 @@ impl Client {
         self.flush()
     }
 
+    /// Appends an ack of one message to the write buffer, which is flushed like
+    /// [`queue_publish`](Client::queue_publish)'s. A consumer that acks every message of
+    /// a read this way sends all those acks in one write.
+    pub fn queue_ack(&mut self, sub_id: u32, seq: u64) -> Result<(), ClientError> {
+        Frame::Ack { sub_id, seq }.encode(&mut self.write_buf);
+        if self.write_buf.len() >= WRITE_BUFFER_LIMIT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
     /// Returns the next event, blocking until one arrives.
     pub fn recv(&mut self) -> Result<Event, ClientError> {
         // Without a deadline `recv_until` never returns `Ok(None)`.

@@ -1004,3 +1004,32 @@ fn durable_none_mode_resumes_at_cursor() {
         "ack mode none never redelivers: {messages:?}"
     );
 }
+
+#[test]
+fn queued_acks_prevent_redelivery() {
+    let server = start_broker(2, |config| config.ack_timeout = Duration::from_millis(300));
+    let mut consumer = connect(&server);
+    let mut publisher = connect(&server);
+    let options = SubscribeOptions {
+        ack_mode: AckMode::Explicit,
+        ..SubscribeOptions::default()
+    };
+    let subscription = consumer.subscribe("queued-acks", options).unwrap();
+    for i in 0..10 {
+        publisher
+            .publish_confirmed("queued-acks", format!("m{i}").as_bytes())
+            .unwrap();
+    }
+
+    let (messages, others) = receive_messages(&mut consumer, 10, Duration::from_secs(10));
+    assert!(others.is_empty(), "unexpected events: {others:?}");
+    assert_eq!(messages.len(), 10, "every message arrives once");
+    for message in &messages {
+        consumer
+            .queue_ack(subscription.sub_id, message.seq)
+            .unwrap();
+    }
+    // The ping flushes the queued acks before it waits for its answer.
+    consumer.ping().unwrap();
+    assert_quiet(&mut consumer, Duration::from_millis(900));
+}
