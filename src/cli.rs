@@ -6,7 +6,7 @@ use crate::protocol::{AckMode, ErrorCode, StartPosition};
 use clap::{Args, ValueEnum};
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -200,7 +200,11 @@ impl fmt::Display for CliError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CliError::Connect { addr, source } => {
-                write!(f, "failed to connect to the broker at {addr}: {source}")
+                write!(
+                    f,
+                    "failed to connect to the broker at {addr}: {source}; check that \
+                     `pubsub serve` is running there and that --server is HOST:PORT"
+                )
             }
             CliError::Publish {
                 line: Some(line),
@@ -378,15 +382,24 @@ fn publish_one(
 }
 
 /// Publishes each line of `input` as one message, without its `\n` or `\r\n` ending.
+///
+/// Lines that are already read are sent in batches, but queued lines are flushed before
+/// every read that may block, so a slow pipe such as `tail -f` is forwarded line by line.
 fn publish_lines(
     client: &mut Client,
     args: &PubArgs,
-    mut input: impl BufRead,
+    input: impl Read,
     stdout: &mut impl Write,
 ) -> Result<(), CliError> {
+    let mut input = BufReader::new(input);
     let mut line = Vec::new();
     let mut number = 0u64;
     loop {
+        if input.buffer().is_empty() {
+            client
+                .flush()
+                .map_err(|source| CliError::Publish { line: None, source })?;
+        }
         line.clear();
         let read = input
             .read_until(b'\n', &mut line)
@@ -406,7 +419,7 @@ fn publish_lines(
 }
 
 /// Opens `path`, or standard input when there is none.
-fn open_input(path: Option<&PathBuf>) -> Result<Box<dyn BufRead>, CliError> {
+fn open_input(path: Option<&PathBuf>) -> Result<Box<dyn Read>, CliError> {
     let Some(path) = path else {
         return Ok(Box::new(io::stdin().lock()));
     };
@@ -414,7 +427,7 @@ fn open_input(path: Option<&PathBuf>) -> Result<Box<dyn BufRead>, CliError> {
         path: Some(path.clone()),
         source,
     })?;
-    Ok(Box::new(BufReader::new(file)))
+    Ok(Box::new(file))
 }
 
 fn strip_line_ending(line: &[u8]) -> &[u8] {

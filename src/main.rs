@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 use pubsub::cli::{self, PubArgs, SubArgs};
 use pubsub::server::{Server, ServerConfig, available_cpus};
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -85,6 +86,7 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -507,3 +507,38 @@ fn sigterm_closes_client_connections() {
         "a connected client sees the connection closed, got {result:?}"
     );
 }
+
+#[test]
+fn pub_forwards_slow_pipe_lines() {
+    let broker = Broker::start(&[]);
+    let mut subscriber = Client::connect(broker.addr).unwrap();
+    subscriber
+        .subscribe("slow-pipe", pubsub::client::SubscribeOptions::default())
+        .unwrap();
+    let mut publisher = Command::new(BINARY)
+        .args(["pub", "slow-pipe", "--server", &broker.server_arg()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn pubsub pub");
+    let mut stdin = publisher.stdin.take().unwrap();
+    stdin.write_all(b"first line\n").unwrap();
+    stdin.flush().unwrap();
+
+    // stdin stays open, as with `tail -f`: the line must arrive before end of input.
+    let event = subscriber.recv_timeout(TIMEOUT).unwrap();
+    let payload = match event {
+        Some(pubsub::client::Event::Message(message)) => message.payload,
+        other => panic!("expected the first line as a message, got {other:?}"),
+    };
+    assert_eq!(
+        &payload[..],
+        b"first line",
+        "the line arrives while stdin is open"
+    );
+
+    drop(stdin);
+    let status = publisher.wait().unwrap();
+    assert!(status.success(), "pub exits 0 at end of input: {status}");
+}

@@ -617,9 +617,12 @@ impl Consumer {
             return Err((
                 ErrorCode::InvalidArgument,
                 format!(
-                    "consumer {name:?} on topic {topic:?} was created with ack mode {:?}; \
+                    "consumer {name:?} on topic {topic:?} was created with ack mode {}; \
                      subscribe with the same ack mode or pick another name",
-                    self.ack_mode
+                    match self.ack_mode {
+                        AckMode::None => "none",
+                        AckMode::Explicit => "explicit",
+                    }
                 ),
             ));
         }
