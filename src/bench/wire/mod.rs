@@ -13,7 +13,7 @@ mod resp;
 
 use super::{AckArg, Protocol};
 use crate::protocol::StartPosition;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,43 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// A publisher's write buffer is written out once it contains this many bytes.
 pub const WRITE_CHUNK: usize = 64 * 1024;
+
+/// A socket with a write buffer that is written out once it reaches [`WRITE_CHUNK`]
+/// bytes, shared by the publishers of the peer protocols.
+pub struct BatchedWriter {
+    stream: TcpStream,
+    output: Vec<u8>,
+}
+
+impl BatchedWriter {
+    /// Wraps a connected socket.
+    pub fn new(stream: TcpStream) -> Self {
+        BatchedWriter {
+            stream,
+            output: Vec::with_capacity(2 * WRITE_CHUNK),
+        }
+    }
+
+    /// Appends what `encode` writes to the buffer, and writes the buffer once it is full.
+    pub fn queue(&mut self, encode: impl FnOnce(&mut Vec<u8>)) -> io::Result<()> {
+        encode(&mut self.output);
+        if self.output.len() >= WRITE_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything queued. The buffer is emptied even when the write fails, because
+    /// the connection is then unusable.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let result = self.stream.write_all(&self.output);
+        self.output.clear();
+        result
+    }
+}
 
 /// Minimum free space offered to each socket read.
 const READ_CHUNK: usize = 64 * 1024;

@@ -3,7 +3,7 @@
 //! PUB and MSG name the payload size, and the payload is followed by CRLF.
 
 use super::{
-    Notices, Publisher, ReadBuffer, Subscriber, WRITE_CHUNK, closed_error, is_timeout, open,
+    BatchedWriter, Notices, Publisher, ReadBuffer, Subscriber, closed_error, is_timeout, open,
     protocol_error, read_until, spawn_drain,
 };
 use std::io::{self, Write};
@@ -181,8 +181,7 @@ fn handshake(stream: &mut TcpStream, input: &mut ReadBuffer, extra: &[u8]) -> io
 
 /// A core NATS publisher.
 pub struct NatsPublisher {
-    stream: TcpStream,
-    output: Vec<u8>,
+    writer: BatchedWriter,
 }
 
 impl NatsPublisher {
@@ -197,28 +196,19 @@ impl NatsPublisher {
             }
         })?;
         Ok(NatsPublisher {
-            stream,
-            output: Vec::with_capacity(2 * WRITE_CHUNK),
+            writer: BatchedWriter::new(stream),
         })
     }
 }
 
 impl Publisher for NatsPublisher {
     fn queue(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
-        encode_pub(&mut self.output, topic, payload);
-        if self.output.len() >= WRITE_CHUNK {
-            self.flush()?;
-        }
-        Ok(())
+        self.writer
+            .queue(|output| encode_pub(output, topic, payload))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.output.is_empty() {
-            return Ok(());
-        }
-        let result = self.stream.write_all(&self.output);
-        self.output.clear();
-        result
+        self.writer.flush()
     }
 }
 

@@ -6,7 +6,7 @@
 //! the length field, and the relay copies every whole frame to every subscriber.
 
 use super::{
-    Notices, Publisher, ReadBuffer, Subscriber, WRITE_CHUNK, closed_error, is_timeout, open,
+    BatchedWriter, Notices, Publisher, ReadBuffer, Subscriber, closed_error, is_timeout, open,
     protocol_error, read_until,
 };
 use std::io::{self, Write};
@@ -82,8 +82,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<ParsedFrame<'_>>, String> {
 
 /// A relay publisher.
 pub struct RelayPublisher {
-    stream: TcpStream,
-    output: Vec<u8>,
+    writer: BatchedWriter,
 }
 
 impl RelayPublisher {
@@ -91,28 +90,19 @@ impl RelayPublisher {
         let mut stream = open(addr)?;
         stream.write_all(&[ROLE_PUBLISHER])?;
         Ok(RelayPublisher {
-            stream,
-            output: Vec::with_capacity(2 * WRITE_CHUNK),
+            writer: BatchedWriter::new(stream),
         })
     }
 }
 
 impl Publisher for RelayPublisher {
     fn queue(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
-        encode_frame(&mut self.output, topic, payload);
-        if self.output.len() >= WRITE_CHUNK {
-            self.flush()?;
-        }
-        Ok(())
+        self.writer
+            .queue(|output| encode_frame(output, topic, payload))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.output.is_empty() {
-            return Ok(());
-        }
-        let result = self.stream.write_all(&self.output);
-        self.output.clear();
-        result
+        self.writer.flush()
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::nats::{find_crlf, parse_size, push_decimal};
 use super::{
-    Notices, Publisher, ReadBuffer, Subscriber, WRITE_CHUNK, closed_error, is_timeout, open,
+    BatchedWriter, Notices, Publisher, ReadBuffer, Subscriber, closed_error, is_timeout, open,
     protocol_error, read_until, spawn_drain,
 };
 use std::io::{self, Write};
@@ -129,8 +129,7 @@ pub fn encode_command(out: &mut Vec<u8>, parts: &[&[u8]]) {
 
 /// A redis-server publisher.
 pub struct RedisPublisher {
-    stream: TcpStream,
-    output: Vec<u8>,
+    writer: BatchedWriter,
 }
 
 impl RedisPublisher {
@@ -146,28 +145,19 @@ impl RedisPublisher {
             }
         })?;
         Ok(RedisPublisher {
-            stream,
-            output: Vec::with_capacity(2 * WRITE_CHUNK),
+            writer: BatchedWriter::new(stream),
         })
     }
 }
 
 impl Publisher for RedisPublisher {
     fn queue(&mut self, topic: &str, payload: &[u8]) -> io::Result<()> {
-        encode_command(&mut self.output, &[b"PUBLISH", topic.as_bytes(), payload]);
-        if self.output.len() >= WRITE_CHUNK {
-            self.flush()?;
-        }
-        Ok(())
+        self.writer
+            .queue(|output| encode_command(output, &[b"PUBLISH", topic.as_bytes(), payload]))
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if self.output.is_empty() {
-            return Ok(());
-        }
-        let result = self.stream.write_all(&self.output);
-        self.output.clear();
-        result
+        self.writer.flush()
     }
 }
 
