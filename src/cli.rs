@@ -290,8 +290,8 @@ fn subscribe(client: &mut Client, args: &SubArgs) -> Result<u32, CliError> {
         max_in_flight: args.max_in_flight,
     };
     // A durable consumer whose previous connection just closed can still look attached
-    // for a moment, until the broker has processed that close; retry briefly before
-    // reporting CONSUMER_IN_USE.
+    // until the broker has processed that close. Retry briefly before reporting
+    // CONSUMER_IN_USE.
     let deadline = std::time::Instant::now() + CONSUMER_IN_USE_RETRY;
     loop {
         match client.subscribe(&args.topic, options.clone()) {

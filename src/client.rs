@@ -569,7 +569,7 @@ impl Client {
         Ok(())
     }
 
-    /// Flushes, then reads frames until `extract` accepts one or an ERROR frame answers
+    /// Flushes, then reads frames until `extract` accepts one or an ERROR frame replies to
     /// `awaited`. Events read on the way are queued for `recv`.
     fn wait_reply<T>(
         &mut self,

@@ -6,8 +6,8 @@
 //! used by both the broker and the client.
 //!
 //! The decoder checks a frame's declared length against the maximum frame size before it
-//! reserves any memory, and it reports whether an error leaves the byte stream in sync
-//! (the frame was skipped and the connection can carry on) or not.
+//! reserves any memory. Each error states whether the byte stream is still in sync, in
+//! which case the frame was skipped and the connection can carry on.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::fmt;
@@ -195,9 +195,9 @@ impl fmt::Display for ErrorCode {
 pub enum Frame {
     /// Client → broker, first frame on every connection.
     Hello { version: u16 },
-    /// Client → broker; answered by `Pong` with the same token.
+    /// Client → broker. The broker replies with a `Pong` carrying the same token.
     Ping { token: u64 },
-    /// Client → broker. A `request_id` of 0 asks for no confirmation.
+    /// Client → broker. A `request_id` of 0 requests no confirmation.
     Publish {
         request_id: u64,
         topic: Bytes,
@@ -218,7 +218,7 @@ pub enum Frame {
     Ack { sub_id: u32, seq: u64 },
     /// Client → broker: acknowledges every delivered sequence number up to `seq`.
     AckUpTo { sub_id: u32, seq: u64 },
-    /// Broker → client, the answer to `Hello`.
+    /// Broker → client, the reply to `Hello`.
     HelloOk {
         version: u16,
         max_payload: u32,
@@ -520,7 +520,7 @@ impl Decoder {
 
     /// Decodes the next frame from the front of `buf`.
     ///
-    /// Returns `Ok(None)` when `buf` holds no whole frame yet.
+    /// Returns `Ok(None)` when `buf` contains no whole frame yet.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, DecodeError> {
         if self.discard_remaining > 0 {
             let n = (self.discard_remaining as usize).min(buf.len());
@@ -555,8 +555,8 @@ impl Decoder {
     }
 
     /// Handles a declared length above the maximum frame size. A `PUBLISH` within the
-    /// discard limit is skipped as it arrives so that the connection stays usable; any
-    /// other frame this large means the stream cannot be trusted.
+    /// discard limit is skipped as it arrives, so the connection stays usable. Any other
+    /// frame this large means the stream cannot be trusted.
     fn reject_oversized(
         &mut self,
         buf: &mut BytesMut,

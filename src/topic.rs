@@ -20,7 +20,7 @@ pub struct TopicName(Bytes);
 pub struct InvalidTopic {
     /// The name as received, lossily decoded for display.
     pub name: String,
-    /// What is wrong with it.
+    /// The rule the name breaks.
     pub reason: &'static str,
 }
 

@@ -1029,7 +1029,7 @@ fn queued_acks_prevent_redelivery() {
             .queue_ack(subscription.sub_id, message.seq)
             .unwrap();
     }
-    // The ping flushes the queued acks before it waits for its answer.
+    // The ping flushes the queued acks before it waits for its reply.
     consumer.ping().unwrap();
     assert_quiet(&mut consumer, Duration::from_millis(900));
 }

@@ -3,7 +3,7 @@
 //!
 //! The reader copies each payload out of the read buffer once, so a retained message
 //! never pins a read buffer. Every frame for the client, whatever shard produced it, is
-//! encoded into one write buffer; the writer sends the whole buffer with one write and so
+//! encoded into one write buffer. The writer sends the whole buffer with one write, so it
 //! batches as many frames as arrived since its last write.
 
 use super::core::Core;

@@ -2,8 +2,8 @@
 //! of requests and events between them and the other executors.
 //!
 //! Only this executor's thread touches a `Core`. Requests for a topic owned here go
-//! straight into the shard; requests for other shards and events for connections served
-//! elsewhere are appended to a per-peer outbox. A sender task per peer moves each outbox
+//! straight into the shard. Requests for other shards, and events for connections served
+//! elsewhere, are appended to a per-peer outbox. A sender task per peer moves each outbox
 //! to the channel mesh as one batch, so a channel hop costs one wake-up per batch, not per
 //! message. The receiver task per peer never awaits a send: it only appends to outboxes,
 //! which is what keeps two executors with full channels from waiting on each other.
@@ -148,7 +148,7 @@ impl Core {
             })
     }
 
-    /// Returns true when any outbox holds messages that its sender task has not taken.
+    /// Returns true when any outbox contains messages that its sender task has not taken.
     pub fn has_queued_outbox(&self) -> bool {
         self.outboxes
             .iter()

@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
-/// Capacity of each cross-core channel, in batches. A batch holds everything queued for
-/// the peer since the previous send, so a few suffice; with readers pausing at 8 MiB of
-/// queued payload, this bounds a channel to about 128 MiB.
+/// Capacity of each cross-core channel, in batches. A batch contains everything queued
+/// for the peer since the previous send, so a few suffice. Because readers pause at 8 MiB
+/// of queued payload, this bounds a channel to about 128 MiB.
 const MESH_CAPACITY: usize = 16;
 
 /// Time allowed for every executor to start listening.

@@ -77,8 +77,8 @@ mod libc_errno {
 /// Runs `make_future()` on `executors` executor threads and returns their join handles.
 /// Each thread is named `pubsub-N`.
 ///
-/// An executor with no work polls for `spin_before_park` before it sleeps in the kernel,
-/// which trades CPU time for a shorter wake-up when work arrives; zero disables spinning.
+/// An executor with no work polls for `spin_before_park` before it sleeps in the kernel.
+/// That trades CPU time for a shorter wake-up when work arrives. Zero disables spinning.
 pub fn spawn_executors<G, F>(
     executors: usize,
     pinning: Pinning,
@@ -187,7 +187,7 @@ pub async fn accept(listener: &TcpListener) -> io::Result<TcpStream> {
 /// Splits a stream into a read half and a write half that separate tasks can own.
 ///
 /// Both halves borrow the stream only inside one `poll_*` call, never across an await,
-/// so on a single-threaded executor the `RefCell` never sees two borrows at once. The
+/// so on a single-threaded executor the `RefCell` is never borrowed twice at once. The
 /// stream keeps separate readiness state for reads and writes, so each half's waker is
 /// independent of the other's.
 pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {

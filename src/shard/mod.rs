@@ -1,7 +1,7 @@
 //! One shard's state and logic: its topics, their ring buffers, the consumers reading
 //! them and the consumers' retry buffers.
 //!
-//! A [`Shard`] does no I/O and knows nothing of executors. The server feeds it
+//! A [`Shard`] does no I/O and does not depend on executors. The server feeds it
 //! [`Request`]s from connections on any core and routes the [`Event`]s it emits to the
 //! connection each one names. Only the executor that owns the shard touches it, so
 //! nothing here is locked or shared across threads.
@@ -38,7 +38,7 @@ pub struct ConnAddr {
 /// A request from a connection to the shard that owns a topic.
 #[derive(Debug)]
 pub enum Request {
-    /// Appends a message. A `request_id` of 0 asks for no confirmation.
+    /// Appends a message. A `request_id` of 0 requests no confirmation.
     Publish {
         from: ConnAddr,
         request_id: u64,
@@ -108,7 +108,7 @@ pub enum Event {
         sub_id: u32,
         next_seq: u64,
     },
-    /// The subscription was not registered; the connection forgets `sub_id`.
+    /// The subscription was not registered, so the connection removes `sub_id`.
     SubscribeFailed {
         sub_id: u32,
         code: ErrorCode,
@@ -522,8 +522,8 @@ impl Shard {
         } else {
             consumer.retry.ack(seq);
         }
-        // Numbers from the consumer's start up to its cursor were delivered, or skipped by
-        // a gap notice; acking one of them again is harmless and ignored.
+        // Numbers from the consumer's start up to its cursor were delivered or skipped by a
+        // gap notice. Acking one of them again is harmless, so it is ignored.
         if seq < consumer.start_seq || seq >= delivered_below {
             let delivered = if delivered_below > consumer.start_seq {
                 format!("{}..={}", consumer.start_seq, delivered_below - 1)

@@ -1,8 +1,8 @@
 //! A consumer's retry buffer: messages delivered with explicit acks and not yet acked.
 //!
 //! Entries are keyed by sequence number for single and cumulative acks. Ack deadlines sit
-//! in a queue in the order they were set; because every deadline is "now plus the same
-//! ack timeout", that order is also deadline order, so the timeout scan only looks at the
+//! in a queue in the order they were set. Every deadline is "now plus the same ack
+//! timeout", so that order is also deadline order and the timeout scan only looks at the
 //! front. A deadline whose entry was acked or redelivered since is skipped when popped.
 
 use super::ring::StoredMessage;
